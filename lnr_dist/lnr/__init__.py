@@ -1,0 +1,37 @@
+"""Pure LNR mathematics: class statistics, rates, counter-based draws, flip table. No I/O, no distributed."""
+
+from .flips import (
+    Candidates,
+    FlipResult,
+    binary_flips,
+    candidates_for_rows,
+    compute_flips,
+    default_chunk_rows,
+    flip_rates,
+    flips_for_rows,
+    flips_from_candidates,
+)
+from .rng import uniforms
+from .stats import ClassMoments, ClassStats, accumulate_stats, class_prior
+from .table import FlipTable
+from .validate import check_inputs, check_threshold
+
+__all__ = [
+    "Candidates",
+    "ClassMoments",
+    "ClassStats",
+    "FlipResult",
+    "FlipTable",
+    "accumulate_stats",
+    "binary_flips",
+    "candidates_for_rows",
+    "check_inputs",
+    "check_threshold",
+    "class_prior",
+    "compute_flips",
+    "default_chunk_rows",
+    "flip_rates",
+    "flips_for_rows",
+    "flips_from_candidates",
+    "uniforms",
+]
