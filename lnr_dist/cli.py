@@ -57,6 +57,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_make_mini(args: argparse.Namespace) -> int:
+    from .data.mini import make_mini
+
+    files = make_mini(args.out, imb_factor=args.imb_factor, seed=args.seed)
+    print("\n".join(f"{name}: {path}" for name, path in files.items()))
+    return 0
+
+
+def _cmd_data_make_cifar(args: argparse.Namespace) -> int:
+    from .data.cifar import make_cifar_lt
+
+    files = make_cifar_lt(args.cifar, args.out, args.num_classes, args.imb_factor, args.val_per_class)
+    print("\n".join(f"{name}: {path}" for name, path in files.items()))
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .config import load_section
+    from .data.check import check_data
+    from .data.config import DataConfig
+
+    cfg = load_section(DataConfig, args.config, "data", args.overrides)
+    problems = check_data(cfg, decode=args.decode, progress=True)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print("data check: no problems found" + ("" if args.decode else " (add --decode to decode every image)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lnr-dist", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -72,6 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     flips.add_argument("--binary", action="store_true", help="binary variant: labels 0 majority, 1 minority")
     _add_config_args(flips)
     flips.set_defaults(func=_cmd_flips)
+
+    data = commands.add_parser("data", help="build and check datasets").add_subparsers(
+        dest="data_command", required=True
+    )
+    mini = data.add_parser("make-mini", help="the real bundled long-tailed mini set (scikit-learn digits)")
+    mini.add_argument("--out", required=True)
+    mini.add_argument("--imb-factor", type=float, default=0.01)
+    mini.add_argument("--seed", type=int, default=0)
+    mini.set_defaults(func=_cmd_data_make_mini)
+    cifar = data.add_parser("make-cifar", help="CIFAR-10/100-LT from the CIFAR python batches on disk")
+    cifar.add_argument("--cifar", required=True, help="folder with cifar-10-batches-py/ or cifar-100-python/")
+    cifar.add_argument("--out", required=True)
+    cifar.add_argument("--num-classes", type=int, choices=(10, 100), default=10)
+    cifar.add_argument("--imb-factor", type=float, default=0.01)
+    cifar.add_argument("--val-per-class", type=int, default=20)
+    cifar.set_defaults(func=_cmd_data_make_cifar)
+    check = data.add_parser("check", help="validate split files and images before spending cluster time")
+    check.add_argument("--decode", action="store_true", help="also decode every image (slower)")
+    _add_config_args(check, required=True)
+    check.set_defaults(func=_cmd_data_check)
 
     demo = commands.add_parser("demo", help="what `make demo` runs")
     demo.add_argument("--out", default="runs/demo")

@@ -209,6 +209,25 @@ def load_config(
     return _build(cls, data, "", source)
 
 
+def load_section(cls: type[T], path: str | Path, section: str, overrides: Sequence[str] = ()) -> T:
+    """Build `cls` from one top-level section of a job's YAML (e.g. `data`), ignoring the other sections.
+
+    Overrides are dotted from the top (`data.root=/x`); errors name the file, line and `section.key`.
+    """
+    source = _Source(str(path))
+    data = _read_yaml(Path(path), source)
+    for override in overrides:
+        _apply_override(data, override, source)
+    if section not in data:
+        raise ConfigError(f"{path}: missing required section '{section}'")
+    value = data[section]
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{source.where(section)}: key '{section}': expected a section (mapping), got {value!r}"
+        )
+    return _build(cls, value, f"{section}.", source)
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain dict (tuples as lists) for YAML/JSON."""
 

@@ -14,3 +14,32 @@ def long_tailed_set() -> tuple[np.ndarray, np.ndarray]:
     probs, labels = long_tailed_predictions(exponential_counts(12, 200, 3), seed=1)
     order = np.random.default_rng(7).permutation(labels.shape[0])
     return probs[order], labels[order]
+
+
+@pytest.fixture(scope="session")
+def mini_root(tmp_path_factory):
+    """The real bundled mini set (scikit-learn digits, 10 classes, IF 0.01), built once per test session."""
+    from lnr_dist.data.mini import make_mini
+
+    root = tmp_path_factory.mktemp("mini")
+    make_mini(root, imb_factor=0.01, seed=0)
+    return root
+
+
+def mini_data_config(root, **changes):
+    from lnr_dist.data.config import DataConfig
+
+    values = dict(
+        root=str(root),
+        train_split=str(root / "Mini_LT_train.txt"),
+        val_split=str(root / "Mini_LT_val.txt"),
+        test_split=str(root / "Mini_LT_test.txt"),
+        num_classes=10,
+        image_size=32,
+        resize_size=32,
+        num_threads=0,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+    values.update(changes)
+    return DataConfig(**values)

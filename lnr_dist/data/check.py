@@ -1,0 +1,59 @@
+"""`lnr-dist data check`: find every defect of the split files before any cluster time is spent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from .config import DataConfig
+from .splits import SplitProblem, parse_split
+
+SPLITS = ("train", "val", "test")
+
+
+def split_files(cfg: DataConfig) -> dict[str, str]:
+    return {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}
+
+
+def decode_problem(path: Path) -> str | None:
+    """None when PIL can fully decode the image, else the reason."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as exc:  # PIL raises many types for broken files; every one is a finding here
+        return f"cannot decode image {path.name}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def check_data(cfg: DataConfig, decode: bool = False, progress: bool = False) -> list[SplitProblem]:
+    """Every problem in the three splits: format, labels, duplicates (also across splits), missing files and,
+    with `decode`, images that do not decode."""
+    problems: list[SplitProblem] = []
+    seen_in: dict[str, tuple[str, int]] = {}
+    for name, file in split_files(cfg).items():
+        if not Path(file).is_file():
+            problems.append(SplitProblem(file, 0, f"{name} split file not found"))
+            continue
+        split, found = parse_split(file, cfg.root, cfg.num_classes, name)
+        problems += found
+        samples: Iterable[int] = range(len(split))
+        if progress:
+            samples = tqdm(samples, desc=f"check {name}", unit="img", disable=None)
+        for i in samples:
+            line = int(split.lines[i])
+            relative = split.paths[i]
+            if relative in seen_in:
+                other, other_line = seen_in[relative]
+                problems.append(
+                    SplitProblem(file, line, f"{relative!r} is also in the {other} split (line {other_line})")
+                )
+            seen_in.setdefault(relative, (name, line))
+            path = Path(split.full_path(i))
+            if not path.is_file():
+                problems.append(SplitProblem(file, line, f"missing file {path}"))
+            elif decode and (reason := decode_problem(path)) is not None:
+                problems.append(SplitProblem(file, line, reason))
+    return problems

@@ -1,0 +1,84 @@
+"""CIFAR-10-LT / CIFAR-100-LT from the standard CIFAR python batches, written out as PNGs + split files.
+
+Nothing is downloaded: put the extracted `cifar-10-batches-py/` (data_batch_1..5, test_batch) or
+`cifar-100-python/` (train, test) folder on disk and point `--cifar` at it. The long-tailed training set keeps
+the first n_c images of class c in file order (the MiSLAS/LDAM convention), with the exponential profile; the
+balanced test set is the test split. The CIFAR-LT literature has no validation split and selects models on
+test; here the last `val_per_class` training images of each class form a balanced validation split, disjoint
+from train (only head classes, whose n_c would use every image, lose those few images from train). Written in
+the ImageNet-LT layout, so every loader reads it the same way.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import storage
+from ..errors import UserError
+
+_LAYOUTS = {
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    100: ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+
+
+def exponential_profile(n_max: int, imb_factor: float, num_classes: int) -> np.ndarray:
+    """n_c = int(n_max * imb_factor ** (c / (C - 1))), c = 0..C-1."""
+    exponents = np.arange(num_classes) / max(num_classes - 1, 1)
+    return np.array([int(n_max * imb_factor**e) for e in exponents], dtype=np.int64)
+
+
+def _read_batches(folder: Path, names: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise UserError(
+                f"{path}: CIFAR batch not found. Nothing is downloaded here: extract the CIFAR python archive "
+                f"so that {folder} holds {', '.join(names)}"
+            )
+        with open(path, "rb") as handle:
+            # The official CIFAR distribution is a pickle of plain arrays and lists; read it as bytes.
+            batch = pickle.load(handle, encoding="bytes")  # noqa: S301
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def make_cifar_lt(
+    cifar: str | Path, out: str | Path, num_classes: int, imb_factor: float, val_per_class: int = 20
+) -> dict[str, Path]:
+    """Write `out/{train,test}/<class>/<i>.png` and `CIFAR{C}_LT_{train,val,test}.txt`."""
+    if num_classes not in _LAYOUTS:
+        raise UserError(f"num_classes must be 10 or 100 for CIFAR, got {num_classes}")
+    sub, train_names, test_names, label_key = _LAYOUTS[num_classes]
+    folder = Path(cifar)
+    if (folder / sub).is_dir():
+        folder = folder / sub
+    train_x, train_y = _read_batches(folder, train_names, label_key)
+    test_x, test_y = _read_batches(folder, test_names, label_key)
+    counts = exponential_profile(int(np.bincount(train_y).max()), imb_factor, num_classes)
+    members = [np.flatnonzero(train_y == c) for c in range(num_classes)]
+    keep = np.concatenate([m[: min(counts[c], len(m) - val_per_class)] for c, m in enumerate(members)])
+    held_out = np.concatenate([m[len(m) - val_per_class :] for m in members]) if val_per_class else keep[:0]
+    out = Path(out)
+    prefix = f"CIFAR{num_classes}_LT"
+    files = {}
+    for split, folder_name, images, labels, picked in (
+        ("train", "train", train_x, train_y, keep),
+        ("val", "train", train_x, train_y, held_out),
+        ("test", "test", test_x, test_y, np.arange(len(test_y))),
+    ):
+        lines = []
+        for i in picked:
+            relative = f"{folder_name}/{int(labels[i])}/{int(i):05d}.png"
+            image = Image.fromarray(images[i])
+            storage.write_with(out / relative, lambda handle, image=image: image.save(handle, format="PNG"))
+            lines.append(f"{relative} {int(labels[i])}\n")
+        files[split] = out / f"{prefix}_{split}.txt"
+        storage.write_text(files[split], "".join(lines))
+    return files

@@ -1,0 +1,195 @@
+"""The DALI loader: `fn.readers.file` over the split with shard_id = GLOBAL rank, CPU or mixed GPU decode.
+
+The file reader has no notion of a dataset index, so it is handed each sample's index as its "label"; the true
+label is looked up by index. Without CUDA the pipeline runs on the CPU (`device_id=None`, the only CPU-only
+setting DALI 2.4 accepts); with CUDA, JPEG decoding is "mixed" (nvJPEG) on this process's local GPU.
+
+Train order: the reader gets a seeded global permutation of the split and reshuffles after every epoch
+(`shuffle_after_epoch`, same seed on every rank, so shards stay disjoint). DALI draws crops and flips from
+per-pipeline random streams: which augmentation a sample gets depends on the shard layout, unlike the PyTorch
+loader, whose draws are keyed by (seed, index, epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from ..errors import UserError
+from .check import decode_problem
+from .loader import Batch, BatchLoader
+from .sampling import balanced_order, shard_bounds, shard_of
+
+READER = "Reader"
+
+
+@pipeline_def(enable_conditionals=False)
+def _pipeline(
+    root,
+    files,
+    indices,
+    shard_id,
+    num_shards,
+    shuffle,
+    augment,
+    padded,
+    padding,
+    size,
+    resize,
+    scale_min,
+    mean,
+    std,
+    gpu,
+):
+    encoded, index = fn.readers.file(
+        file_root=root,
+        files=files,
+        labels=indices,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        shuffle_after_epoch=shuffle,
+        stick_to_shard=not shuffle,
+        pad_last_batch=True,
+        name=READER,
+    )
+    decoder = "mixed" if gpu else "cpu"
+    crop_x = crop_y = 0.5
+    if augment and padded:
+        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=size)
+        # A centred window larger than the image is filled with zeros: the padded canvas to crop from.
+        images = fn.crop(images, crop=(size + 2 * padding, size + 2 * padding), out_of_bounds_policy="pad")
+        crop_x, crop_y = fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0))
+        mirror = fn.random.coin_flip(probability=0.5)
+    elif augment:
+        images = fn.decoders.image_random_crop(
+            encoded,
+            device=decoder,
+            output_type=types.RGB,
+            random_area=[scale_min, 1.0],
+            random_aspect_ratio=[3.0 / 4.0, 4.0 / 3.0],
+        )
+        images = fn.resize(images, resize_x=size, resize_y=size)
+        mirror = fn.random.coin_flip(probability=0.5)
+    else:
+        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=resize)
+        mirror = 0
+    images = fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        crop=(size, size),
+        crop_pos_x=crop_x,
+        crop_pos_y=crop_y,
+        mean=[255.0 * m for m in mean],
+        std=[255.0 * s for s in std],
+        mirror=mirror,
+    )
+    return images, index
+
+
+class DaliLoader(BatchLoader):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gpu = torch.cuda.is_available()
+        self._iterator: DALIGenericIterator | None = None
+        self._built_epoch = -1
+        self._needs_reset = False
+
+    def _reader_plan(self) -> tuple[np.ndarray, int, int, bool]:
+        """(global or pre-sharded order, shard_id, num_shards, reshuffle) for the current epoch."""
+        num = len(self.split)
+        if self.spec.order == "balanced":
+            order = balanced_order(self.split.labels, num, self.spec.seed, self.epoch)
+            return shard_of(order, self.ctx.rank, self.ctx.world_size, pad=True), 0, 1, False
+        if self.spec.order == "shuffle":
+            order = np.random.default_rng([self.spec.seed, 0, 2]).permutation(num)
+            return order, self.ctx.rank, self.ctx.world_size, True
+        return np.arange(num), self.ctx.rank, self.ctx.world_size, False
+
+    def _build(self) -> DALIGenericIterator:
+        order, shard_id, num_shards, shuffle = self._reader_plan()
+        cfg = self.cfg
+        pipe = _pipeline(
+            batch_size=self.spec.batch_size,
+            num_threads=max(cfg.num_threads, 1),
+            device_id=self.ctx.local_rank if self.gpu else None,
+            seed=self.spec.seed * 1000 + self.ctx.rank,
+            root=self.split.root,
+            files=[self.split.paths[int(i)] for i in order],
+            indices=[int(i) for i in order],
+            shard_id=shard_id,
+            num_shards=num_shards,
+            shuffle=shuffle,
+            augment=self.spec.augment,
+            padded=cfg.train_crop == "padded",
+            padding=cfg.crop_padding,
+            size=cfg.image_size,
+            resize=cfg.eval_resize,
+            scale_min=cfg.crop_scale_min,
+            mean=cfg.mean,
+            std=cfg.std,
+            gpu=self.gpu,
+        )
+        pipe.build()
+        policy = LastBatchPolicy.FILL if self.spec.pad else LastBatchPolicy.PARTIAL
+        return DALIGenericIterator(
+            [pipe], ["images", "indices"], reader_name=READER, last_batch_policy=policy
+        )
+
+    def _epoch_iterator(self) -> DALIGenericIterator:
+        # A balanced order is new each epoch, so that reader is rebuilt; the others reset (and reshuffle).
+        if self._iterator is None or (self.spec.order == "balanced" and self._built_epoch != self.epoch):
+            self._iterator, self._built_epoch = self._build(), self.epoch
+        elif self._needs_reset:
+            self._iterator.reset()
+        self._needs_reset = True
+        return self._iterator
+
+    def __len__(self) -> int:
+        if self.spec.order == "balanced" or self.spec.pad:
+            size = math.ceil(len(self.split) / self.ctx.world_size)
+        else:
+            start, stop = shard_bounds(len(self.split), self.ctx.rank, self.ctx.world_size)
+            size = stop - start
+        return math.ceil(size / self.spec.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.skipped = []
+        seen = np.zeros(len(self.split), dtype=bool)
+        try:
+            for outputs in self._epoch_iterator():  # building it already decodes the first batch
+                images = outputs[0]["images"]
+                indices = outputs[0]["indices"].reshape(-1).to(torch.int64).cpu()
+                if not self.spec.pad:  # drop padding duplicates by index
+                    fresh = ~torch.from_numpy(seen[indices.numpy()])
+                    seen[indices.numpy()] = True
+                    images, indices = images[fresh.to(images.device)], indices[fresh]
+                labels = torch.from_numpy(self.split.labels[indices.numpy()])
+                yield Batch(images, labels, indices)
+        except RuntimeError as exc:
+            if "decoders" not in str(exc):
+                raise
+            raise UserError(self._undecodable_report()) from exc
+
+    def _undecodable_report(self) -> str:
+        """DALI's decode errors do not say which file failed: find it (this rank's samples first, then all)."""
+        order, shard_id, num_shards, _ = self._reader_plan()
+        start, stop = shard_bounds(len(order), shard_id, num_shards)
+        for candidates in (order[start:stop], np.arange(len(self.split))):
+            bad = [
+                int(i) for i in candidates if decode_problem(Path(self.split.full_path(int(i)))) is not None
+            ]
+            if bad:
+                listed = "\n".join(
+                    f"{self.split.where(i)}: cannot decode image {self.split.full_path(i)}" for i in bad
+                )
+                return f"DALI could not decode {len(bad)} image(s) (set loader: torch and skip_corrupt: true to skip):\n{listed}"
+        return f"{self.split.file}: DALI failed to decode an image that PIL decodes; see the DALI error above"

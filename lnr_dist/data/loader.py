@@ -1,0 +1,85 @@
+"""One loader interface over DALI and PyTorch: batches of images, labels and dataset indices, sharded by GLOBAL
+rank. `build_loader` picks the implementation from `DataConfig.loader`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..dist import RankContext
+from .config import DataConfig
+from .splits import Split
+
+Order = Literal["shuffle", "sequential", "balanced"]
+
+
+@dataclass
+class Batch:
+    """images (B, 3, S, S) float32 normalised; labels (B,) int64 from the split file; indices (B,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """How a job reads a split.
+
+    order: shuffle (a fresh global permutation per epoch), sequential (split order) or balanced (each class
+        drawn equally often, stage 2); augment: train-time augmentation (random resized crop + flip) or eval
+        (resize + centre crop); pad: give every rank the same number of samples by repeating a few (training
+        in lock-step) instead of exact shards (evaluation and inference, where every index is seen once).
+    """
+
+    batch_size: int
+    order: Order = "sequential"
+    augment: bool = False
+    pad: bool = False
+    seed: int = 0
+
+    @classmethod
+    def train(cls, batch_size: int, seed: int, balanced: bool = False) -> LoaderSpec:
+        return cls(batch_size, "balanced" if balanced else "shuffle", augment=True, pad=True, seed=seed)
+
+    @classmethod
+    def evaluate(cls, batch_size: int) -> LoaderSpec:
+        return cls(batch_size)
+
+
+class BatchLoader(ABC):
+    """Iterate one epoch of this rank's shard; call set_epoch(e) before each epoch for a new order."""
+
+    def __init__(self, cfg: DataConfig, split: Split, spec: LoaderSpec, ctx: RankContext) -> None:
+        self.cfg, self.split, self.spec, self.ctx = cfg, split, spec, ctx
+        self.epoch = 0
+        self.skipped: list[str] = []  # files skipped as undecodable in the current epoch (skip_corrupt)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+
+    def labels_of(self, indices: np.ndarray) -> np.ndarray:
+        return self.split.labels[indices]
+
+
+def build_loader(cfg: DataConfig, split: Split, spec: LoaderSpec, ctx: RankContext) -> BatchLoader:
+    if cfg.loader == "dali":
+        from .dali_loader import DaliLoader
+
+        return DaliLoader(cfg, split, spec, ctx)
+    from .torch_loader import TorchLoader
+
+    return TorchLoader(cfg, split, spec, ctx)

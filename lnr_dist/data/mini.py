@@ -1,0 +1,64 @@
+"""A real long-tailed image set built from scikit-learn's bundled digits, in the ImageNet-LT layout.
+
+1,797 real 8x8 grey scans of handwritten digits (10 classes, ~180 each) are upscaled to RGB JPEGs. Validation
+and test sets are balanced and disjoint from train; train follows the exponential profile
+n_c = int(n_max * imb_factor ** (c / (C - 1))). Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import storage
+from .cifar import exponential_profile
+
+PREFIX = "Mini_LT"
+NUM_CLASSES = 10
+VAL_PER_CLASS = 15
+TEST_PER_CLASS = 25
+
+
+def _to_image(pixels: np.ndarray, size: int) -> Image.Image:
+    grey = np.clip(pixels * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
+
+
+def _write_jpeg(path: Path, image: Image.Image) -> None:
+    storage.write_with(path, lambda handle: image.save(handle, format="JPEG", quality=95))
+
+
+def make_mini(out: str | Path, imb_factor: float = 0.01, seed: int = 0, size: int = 32) -> dict[str, Path]:
+    """Write images under `out/images/<class>/` and `Mini_LT_{train,val,test}.txt`; returns the split paths."""
+    from sklearn.datasets import load_digits
+
+    if not 0.0 < imb_factor <= 1.0:
+        raise ValueError(f"imb_factor must be in (0, 1], got {imb_factor}")
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    per_class = np.bincount(digits.target, minlength=NUM_CLASSES)
+    n_max = int(per_class.min()) - VAL_PER_CLASS - TEST_PER_CLASS
+    train_counts = exponential_profile(n_max, imb_factor, NUM_CLASSES)
+    rows: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
+    for c in range(NUM_CLASSES):
+        members = rng.permutation(np.flatnonzero(digits.target == c))
+        parts = {
+            "val": members[:VAL_PER_CLASS],
+            "test": members[VAL_PER_CLASS : VAL_PER_CLASS + TEST_PER_CLASS],
+            "train": members[VAL_PER_CLASS + TEST_PER_CLASS :][: train_counts[c]],
+        }
+        for split, picked in parts.items():
+            for i in picked:
+                relative = f"images/{c}/digit_{int(i):04d}.jpg"
+                _write_jpeg(out / relative, _to_image(digits.images[i], size))
+                rows[split].append((relative, c))
+    files = {}
+    for split, entries in rows.items():
+        order = rng.permutation(len(entries))  # mixed classes, like the published split files
+        text = "".join(f"{entries[i][0]} {entries[i][1]}\n" for i in order)
+        files[split] = out / f"{PREFIX}_{split}.txt"
+        storage.write_text(files[split], text)
+    return files

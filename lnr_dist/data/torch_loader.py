@@ -1,0 +1,97 @@
+"""The PyTorch loader: PIL + torchvision in a DataLoader, sharded by global rank like the DALI one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import UserError
+from .loader import Batch, BatchLoader
+from .sampling import balanced_order, instance_order, shard_of
+from .splits import Split
+from .transforms import ImageTransform, sample_rng
+
+
+class _Samples(Dataset):
+    """Item (index, epoch) -> (image, label, index), or (None, path, index) for a skipped undecodable file."""
+
+    def __init__(self, split: Split, transform: ImageTransform, seed: int, skip_corrupt: bool) -> None:
+        self.split, self.transform, self.seed, self.skip_corrupt = split, transform, seed, skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        path = self.split.full_path(index)
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except Exception as exc:  # any decode failure is about this one file; say which
+            if self.skip_corrupt:
+                return None, path, index
+            raise UserError(f"{self.split.where(index)}: cannot decode image {path}: {exc}") from exc
+        return self.transform(rgb, sample_rng(self.seed, index, epoch)), int(self.split.labels[index]), index
+
+
+def _collate(items: list) -> Batch:
+    kept = [item for item in items if item[0] is not None]
+    skipped = [item[1] for item in items if item[0] is None]
+    images = torch.stack([item[0] for item in kept]) if kept else torch.zeros(0)
+    return Batch(
+        images,
+        torch.tensor([item[1] for item in kept], dtype=torch.int64),
+        torch.tensor([item[2] for item in kept], dtype=torch.int64),
+        skipped,
+    )
+
+
+class _EpochSampler(Sampler):
+    def __init__(self, owner: TorchLoader) -> None:
+        self.owner = owner
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.owner.epoch
+        return iter([(int(i), epoch) for i in self.owner.shard_indices()])
+
+    def __len__(self) -> int:
+        return len(self.owner.shard_indices())
+
+
+class TorchLoader(BatchLoader):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        transform = ImageTransform(self.cfg, train=self.spec.augment)
+        dataset = _Samples(self.split, transform, self.spec.seed, self.cfg.skip_corrupt)
+        workers = self.cfg.num_threads
+        self._loader = DataLoader(
+            dataset,
+            batch_size=self.spec.batch_size,
+            sampler=_EpochSampler(self),
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def shard_indices(self) -> np.ndarray:
+        """This rank's dataset indices for the current epoch, in reading order."""
+        num = len(self.split)
+        if self.spec.order == "balanced":
+            order = balanced_order(self.split.labels, num, self.spec.seed, self.epoch)
+        else:
+            order = instance_order(num, self.spec.order == "shuffle", self.spec.seed, self.epoch)
+        return shard_of(order, self.ctx.rank, self.ctx.world_size, self.spec.pad)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.shard_indices()) / self.spec.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.skipped = []
+        for batch in self._loader:
+            self.skipped += batch.skipped
+            yield batch

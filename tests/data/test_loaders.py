@@ -1,0 +1,181 @@
+"""Both loaders on the real mini set: sharding by global rank, labels, shapes, normalisation, padding,
+class-balanced sampling and undecodable images. DALI runs for real, on the CPU (device_id=None)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from lnr_dist.data.loader import LoaderSpec, build_loader
+from lnr_dist.data.splits import load_split
+from lnr_dist.dist import RankContext
+from lnr_dist.errors import UserError
+
+from ..conftest import mini_data_config
+
+LOADERS = ["torch", pytest.param("dali", marks=pytest.mark.dali)]
+
+
+def split_of(cfg, name="train"):
+    return load_split(getattr(cfg, f"{name}_split"), cfg.root, cfg.num_classes, name)
+
+
+def epoch_batches(cfg, split, spec, rank, world_size, epoch=0):
+    loader = build_loader(cfg, split, spec, RankContext(rank, world_size))
+    loader.set_epoch(epoch)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    return batches
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_eval_sees_every_index_once_with_true_labels(mini_root, loader, world_size):
+    cfg = mini_data_config(mini_root, loader=loader)
+    split = split_of(cfg)
+    shards = []
+    for rank in range(world_size):
+        batches = epoch_batches(cfg, split, LoaderSpec.evaluate(batch_size=32), rank, world_size)
+        indices = torch.cat([b.indices for b in batches]).numpy()
+        for b in batches:
+            assert b.images.shape[1:] == (3, 32, 32) and b.images.dtype == torch.float32
+            np.testing.assert_array_equal(b.labels.numpy(), split.labels[b.indices.numpy()])
+        shards.append(indices)
+    joined = np.concatenate(shards)
+    assert len(joined) == len(split) and sorted(joined.tolist()) == list(range(len(split)))
+    for a in range(world_size):
+        for b in range(a + 1, world_size):
+            assert not set(shards[a]) & set(shards[b])
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_eval_images_are_normalised_like_the_reference(mini_root, loader):
+    cfg = mini_data_config(mini_root, loader=loader)
+    split = split_of(cfg, "val")
+    batches = epoch_batches(cfg, split, LoaderSpec.evaluate(batch_size=50), 0, 1)
+    images = torch.cat([b.images for b in batches])
+    indices = torch.cat([b.indices for b in batches]).numpy()
+    with Image.open(split.full_path(int(indices[0]))) as image:
+        expected = TF.normalize(TF.to_tensor(image.convert("RGB")), [0.5] * 3, [0.5] * 3)
+    # 32x32 files at resize 32 / crop 32: both loaders only decode and normalise (x/255 - 0.5) / 0.5.
+    assert torch.allclose(images[0].cpu(), expected, atol=0.02)
+    assert images.min() >= -1.0 - 1e-6 and images.max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_train_shards_cover_with_equal_batch_counts(mini_root, loader, world_size):
+    cfg = mini_data_config(mini_root, loader=loader)
+    split = split_of(cfg)
+    seen, counts = [], []
+    for rank in range(world_size):
+        batches = epoch_batches(
+            cfg, split, LoaderSpec.train(batch_size=32, seed=0), rank, world_size, epoch=1
+        )
+        counts.append(len(batches))
+        seen.append(torch.cat([b.indices for b in batches]).numpy())
+    assert len(set(counts)) == 1
+    assert set(np.concatenate(seen).tolist()) == set(range(len(split)))
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_balanced_sampling_is_close_to_uniform(mini_root, loader):
+    cfg = mini_data_config(mini_root, loader=loader)
+    split = split_of(cfg)
+    labels = []
+    for epoch in range(4):
+        for rank in range(2):
+            for b in epoch_batches(cfg, split, LoaderSpec.train(64, seed=0, balanced=True), rank, 2, epoch):
+                labels.append(b.labels.numpy())
+    freq = np.bincount(np.concatenate(labels), minlength=10) / sum(map(len, labels))
+    assert np.bincount(split.labels).max() / np.bincount(split.labels).min() > 50  # really long-tailed
+    np.testing.assert_allclose(freq, 0.1, atol=0.035)
+
+
+def test_torch_train_augmentation_is_keyed_by_sample_not_shard(mini_root):
+    cfg = mini_data_config(mini_root)
+    split = split_of(cfg)
+    spec = LoaderSpec(batch_size=16, order="sequential", augment=True, seed=5)
+
+    def by_index(world_size):
+        out = {}
+        for rank in range(world_size):
+            for b in epoch_batches(cfg, split, spec, rank, world_size, epoch=3):
+                out.update({int(i): img for i, img in zip(b.indices, b.images, strict=True)})
+        return out
+
+    one, three = by_index(1), by_index(3)
+    assert all(torch.equal(one[i], three[i]) for i in one)
+    other_epoch = {}
+    for b in epoch_batches(cfg, split, spec, 0, 1, epoch=4):
+        other_epoch.update({int(i): img for i, img in zip(b.indices, b.images, strict=True)})
+    assert sum(not torch.equal(one[i], other_epoch[i]) for i in one) > len(one) // 2
+
+
+def test_torch_workers_give_the_same_batches(mini_root):
+    split = split_of(mini_data_config(mini_root))
+    spec = LoaderSpec(batch_size=32, order="sequential", augment=True, seed=1)
+    plain = epoch_batches(mini_data_config(mini_root), split, spec, 0, 1)
+    workers = epoch_batches(mini_data_config(mini_root, num_threads=2), split, spec, 0, 1)
+    assert all(torch.equal(a.images, b.images) for a, b in zip(plain, workers, strict=True))
+
+
+@pytest.fixture()
+def corrupt_root(tmp_path, mini_root):
+    root = tmp_path / "corrupt"
+    shutil.copytree(mini_root, root)
+    first = (root / "Mini_LT_val.txt").read_text().splitlines()[3].rsplit(" ", 1)[0]
+    (root / first).write_bytes((root / first).read_bytes()[:150])
+    return root, first
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_undecodable_image_is_an_error_naming_file_and_line(corrupt_root, loader):
+    root, bad = corrupt_root
+    cfg = mini_data_config(root, loader=loader)
+    with pytest.raises(UserError, match=rf"Mini_LT_val.txt:4: cannot decode image .*{bad}"):
+        epoch_batches(cfg, split_of(cfg, "val"), LoaderSpec.evaluate(32), 0, 1)
+
+
+def test_skip_corrupt_skips_counts_and_lists(corrupt_root):
+    root, bad = corrupt_root
+    cfg = mini_data_config(root, skip_corrupt=True)
+    split = split_of(cfg, "val")
+    loader = build_loader(cfg, split, LoaderSpec.evaluate(32), RankContext())
+    seen = sum(len(b.indices) for b in loader)
+    assert seen == len(split) - 1
+    assert len(loader.skipped) == 1 and loader.skipped[0].endswith(bad)
+
+
+def test_dali_refuses_skip_corrupt(mini_root):
+    with pytest.raises(ValueError, match="skip_corrupt needs loader: torch"):
+        mini_data_config(mini_root, loader="dali", skip_corrupt=True)
+
+
+def shifted_match(augmented: torch.Tensor, original: torch.Tensor, padding: int) -> bool:
+    """augmented == original shifted by (dy, dx) in [-padding, padding], zero(-1)-filled, maybe mirrored."""
+    size = original.shape[-1]
+    canvas = torch.full((3, size + 2 * padding, size + 2 * padding), -1.0)
+    canvas[:, padding : padding + size, padding : padding + size] = original
+    for image in (augmented, augmented.flip(-1)):
+        for top in range(2 * padding + 1):
+            for left in range(2 * padding + 1):
+                if torch.allclose(canvas[:, top : top + size, left : left + size], image, atol=0.03):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_padded_random_crop_is_a_shifted_copy(mini_root, loader):
+    cfg = mini_data_config(mini_root, loader=loader, train_crop="padded")
+    split = split_of(cfg, "val")
+    augmented = epoch_batches(cfg, split, LoaderSpec(batch_size=8, augment=True), 0, 1)[0]
+    plain = epoch_batches(cfg, split, LoaderSpec.evaluate(batch_size=8), 0, 1)[0]
+    originals = {int(i): img for i, img in zip(plain.indices, plain.images, strict=True)}
+    for index, image in zip(augmented.indices, augmented.images, strict=True):
+        assert shifted_match(image.cpu(), originals[int(index)].cpu(), padding=4)
