@@ -89,6 +89,26 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_experiment(args: argparse.Namespace):
+    from .experiment import ExperimentConfig
+
+    return load_config(ExperimentConfig, args.config, args.overrides)
+
+
+def _cmd_stage1(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    cfg = _load_experiment(args)
+    results = fit(cfg, "stage1")
+    test = results["test"]
+    print(
+        f"stage1 done: best epoch {results['best_epoch']} (by validation {results['select_metric']}); test top-1 "
+        f"{test['top1']:.2f}, many {test['many']:.2f}, medium {test['medium']:.2f}, few {test['few']:.2f}, "
+        f"ECE {test['ece']:.2f}, NLL {test['nll']:.3f}\nrun folder: {cfg.stage_dir('stage1')}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lnr-dist", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -124,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--decode", action="store_true", help="also decode every image (slower)")
     _add_config_args(check, required=True)
     check.set_defaults(func=_cmd_data_check)
+
+    stage1 = commands.add_parser("stage1", help="stage 1: train the backbone on Ray Train")
+    _add_config_args(stage1, required=True)
+    stage1.set_defaults(func=_cmd_stage1)
 
     demo = commands.add_parser("demo", help="what `make demo` runs")
     demo.add_argument("--out", default="runs/demo")

@@ -228,6 +228,11 @@ def load_section(cls: type[T], path: str | Path, section: str, overrides: Sequen
     return _build(cls, value, f"{section}.", source)
 
 
+def from_dict(cls: type[T], data: Mapping[str, Any], origin: str = "<dict>") -> T:
+    """Rebuild a config from `to_dict` output (e.g. inside a Ray worker), with the same checks."""
+    return _build(cls, data, "", _Source(origin))
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain dict (tuples as lists) for YAML/JSON."""
 

@@ -43,3 +43,38 @@ def mini_data_config(root, **changes):
     )
     values.update(changes)
     return DataConfig(**values)
+
+
+def mini_experiment(root, run_dir, **sections):
+    """An ExperimentConfig on the mini set with short CPU schedules; `sections` replace whole sections or keys
+    given as dicts (e.g. stage1={"epochs": 3})."""
+    from dataclasses import replace
+
+    from lnr_dist.experiment import ExperimentConfig, RayConfig, TrainConfig
+
+    base = ExperimentConfig(
+        data=mini_data_config(root, train_crop="padded"),
+        run_dir=str(run_dir),
+        stage1=TrainConfig(
+            epochs=6, batch_size=32, eval_batch_size=128, lr=0.1, warmup_epochs=1, mixup_alpha=0.2
+        ),
+        ray=RayConfig(num_workers=2, cpus_per_worker=1, max_failures=1),
+    )
+    changes = {}
+    for name, value in sections.items():
+        current = getattr(base, name)
+        changes[name] = replace(current, **value) if isinstance(value, dict) else value
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray cluster for the whole test session (started by the code under test, stopped here)."""
+    import ray
+
+    from lnr_dist.experiment import RayConfig
+    from lnr_dist.raycluster import ensure_ray
+
+    ensure_ray(RayConfig())
+    yield
+    ray.shutdown()

@@ -75,6 +75,10 @@ class TorchLoader(BatchLoader):
             sampler=_EpochSampler(self),
             num_workers=workers,
             collate_fn=_collate,
+            # Not fork: jobs run inside threaded processes (Ray workers, gloo), and a forked child can inherit a
+            # lock held by another thread and hang. Workers are kept across epochs to pay their start once.
+            multiprocessing_context="forkserver" if workers > 0 else None,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 

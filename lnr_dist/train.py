@@ -1,0 +1,246 @@
+"""The one trainer, for stage 1 and stage 2, on Ray Train.
+
+`fit(cfg, stage)` runs on the driver: checks inputs before any worker starts, writes the resolved config, starts a
+TorchTrainer. `train_worker` runs on each of W workers: turns its config back into the dataclass, builds the
+loaders sharded by global rank and the stage's recipe, resumes from `<stage dir>/checkpoints/last.pt` if it
+exists, trains, evaluates on validation every epoch (metrics all-reduced), keeps `last.pt` / `best.pt` (rank 0,
+atomic), and at the end evaluates the best epoch once on test.
+
+Resuming always goes through that file, whatever stopped the run: Ray restarting a failed worker group
+(`FailureConfig(max_failures)`), a SLURM requeue, or the user starting the same command again. The run folder
+must therefore be on storage every worker sees (as on any cluster with a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as torch_dist
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from . import config as config_lib
+from . import storage
+from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state, unwrap
+from .data.loader import LoaderSpec, build_loader
+from .data.manifest import Manifest
+from .data.splits import Split, load_split
+from .dist import RankContext, is_distributed
+from .engine import cosine_with_warmup, evaluate, train_one_epoch
+from .errors import UserError
+from .experiment import ExperimentConfig
+from .logs import setup_logging
+from .metrics import compute_metrics
+from .plots import training_curves
+from .raycluster import ensure_ray, use_gpu
+from .recipes import build_recipe
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = (
+    "epoch", "lr", "train_loss", "train_acc", "val_top1", "val_balanced_acc", "val_many", "val_medium", "val_few",
+    "val_ece", "val_nll", "train_images", "train_seconds", "images_per_second",
+)  # fmt: skip
+
+
+def load_splits(cfg: ExperimentConfig) -> dict[str, Split]:
+    data = cfg.data
+    files = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
+    return {name: load_split(file, data.root, data.num_classes, name) for name, file in files.items()}
+
+
+def preflight(cfg: ExperimentConfig, stage: str) -> dict[str, Split]:
+    """Everything that can be checked without workers: split files, the model's files, the run folder."""
+    splits = load_splits(cfg)
+    for name, split in splits.items():
+        missing = next(
+            (i for i in range(min(len(split), 50)) if not Path(split.full_path(i)).is_file()), None
+        )
+        if missing is not None:
+            raise UserError(f"{split.where(missing)}: missing file {split.full_path(missing)} ({name} split)")
+    build_recipe(cfg, stage, Manifest.from_labels(splits["train"].labels, cfg.data.num_classes))
+    return splits
+
+
+def fit(cfg: ExperimentConfig, stage: str = "stage1") -> dict[str, Any]:
+    """Run `stage` on Ray Train; returns results.json (best validation epoch and its test metrics)."""
+    cfg = cfg.with_absolute_paths()
+    preflight(cfg, stage)
+    out = cfg.stage_dir(stage)
+    config_lib.save_resolved(cfg, out)
+    ensure_ray(cfg.ray)
+    gpu = use_gpu(cfg.ray)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": config_lib.to_dict(cfg), "stage": stage},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.ray.num_workers,
+            use_gpu=gpu,
+            resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=stage,
+            storage_path=str((Path(cfg.run_dir) / "ray").resolve()),
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+        ),
+    )
+    trainer.fit()
+    return json.loads((out / "results.json").read_text())
+
+
+def _metrics_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: (int(v) if k in ("epoch", "train_images") else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(handle)]  # fmt: skip
+
+
+def _inject_fault(cfg: ExperimentConfig, ctx: RankContext, epoch: int, out: Path) -> None:
+    fault = cfg.fault
+    if fault.raise_at_epoch != epoch or fault.rank != ctx.rank:
+        return
+    marker = out / ".fault_injected"
+    if fault.once and marker.exists():
+        return
+    marker.touch()
+    raise RuntimeError(f"injected fault at epoch {epoch} on rank {ctx.rank} (fault.raise_at_epoch)")
+
+
+def _barrier() -> None:
+    if is_distributed():
+        torch_dist.barrier()
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker loop (every rank runs it)."""
+    cfg = config_lib.from_dict(ExperimentConfig, loop_config["config"], "<ray worker config>")
+    stage = loop_config["stage"]
+    context = ray.train.get_context()
+    ctx = RankContext(context.get_world_rank(), context.get_world_size(), context.get_local_rank())
+    setup_logging(rank=ctx.rank)
+    torch.set_num_threads(cfg.ray.cpus_per_worker)
+    device = ray.train.torch.get_device()
+    cuda = device.type == "cuda"
+    out = cfg.stage_dir(stage)
+    checkpoints = out / "checkpoints"
+
+    splits = load_splits(cfg)
+    manifest = Manifest.from_labels(splits["train"].labels, cfg.data.num_classes)
+    recipe = build_recipe(cfg, stage, manifest)
+    train_cfg = recipe.train
+    per_worker = train_cfg.batch_size // ctx.world_size
+    eval_per_worker = train_cfg.eval_batch_size // ctx.world_size
+    amp, channels_last = train_cfg.amp and cuda, train_cfg.channels_last and cuda
+    model = recipe.model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if ctx.world_size > 1:
+        model = ray.train.torch.prepare_model(model, move_to_device=False)
+    optimizer = torch.optim.SGD(
+        recipe.param_groups, lr=train_cfg.lr, momentum=train_cfg.momentum,
+        weight_decay=train_cfg.weight_decay, nesterov=train_cfg.nesterov,
+    )  # fmt: skip
+    train_loader = build_loader(
+        cfg.data, splits["train"], LoaderSpec.train(per_worker, cfg.seed, recipe.balanced_sampling), ctx
+    )
+    val_loader = build_loader(cfg.data, splits["val"], LoaderSpec.evaluate(eval_per_worker), ctx)
+    steps = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(steps * train_cfg.epochs, steps * train_cfg.warmup_epochs)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    config_dict = config_lib.to_dict(cfg)
+    best: dict[str, Any] = {"metric": train_cfg.select_metric, "value": float("-inf"), "epoch": -1}
+    start_epoch = 0
+    if (checkpoints / "last.pt").is_file():
+        state = load_checkpoint(checkpoints / "last.pt")
+        restore_training_state(state, model, optimizer, scheduler, scaler)
+        best, start_epoch = state["best"], state["epoch"] + 1
+        log.info("resumed %s from %s: epoch %d done", stage, checkpoints / "last.pt", state["epoch"])
+    rows = [r for r in _read_rows(out / "metrics.csv") if r["epoch"] < start_epoch]
+
+    for epoch in range(start_epoch, train_cfg.epochs):
+        _inject_fault(cfg, ctx, epoch, out)
+        train_loader.set_epoch(epoch)
+        rng = np.random.default_rng([cfg.seed, ctx.rank, epoch])
+        stats = train_one_epoch(
+            model, train_loader, optimizer, scheduler, scaler, recipe.loss, device, epoch,
+            mixup_alpha=train_cfg.mixup_alpha, label_map=recipe.label_map, rng=rng, amp=amp,
+            channels_last=channels_last,
+        )  # fmt: skip
+        if train_loader.skipped:
+            log.warning("epoch %d: skipped %d undecodable images: %s", epoch, len(train_loader.skipped),
+                        ", ".join(train_loader.skipped))  # fmt: skip
+        val = compute_metrics(
+            evaluate(unwrap(model), val_loader, device, manifest.num_classes, amp=amp, channels_last=channels_last)
+            .all_reduced(), manifest,
+        )  # fmt: skip
+        row = {"epoch": epoch, **stats, **{f"val_{k}": v for k, v in val.items() if k != "per_class_acc"}}
+        row["images_per_second"] = stats["train_images"] / max(stats["train_seconds"], 1e-9)
+        improved = val[train_cfg.select_metric] > best["value"]
+        if improved:
+            best = {"metric": train_cfg.select_metric, "value": val[train_cfg.select_metric], "epoch": epoch}
+        if ctx.is_main:
+            state = training_state(
+                model, optimizer, scheduler, scaler, epoch, best, config_dict, **recipe.checkpoint_extra
+            )
+            save_checkpoint(checkpoints / "last.pt", state)
+            if improved:
+                save_checkpoint(checkpoints / "best.pt", state)
+            rows.append(row)
+            storage.write_text(out / "metrics.csv", _metrics_csv(rows))
+            training_curves(rows, out / "training_curves.png", f"{stage} ({cfg.run_dir})")
+        log.info(
+            "%s epoch %d/%d: loss %.4f, val top-1 %.2f, balanced %.2f, few %.2f, ECE %.2f (%.1f img/s)",
+            stage, epoch + 1, train_cfg.epochs, stats["train_loss"], val["top1"], val["balanced_acc"],
+            val["few"], val["ece"], row["images_per_second"],
+        )  # fmt: skip
+        ray.train.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+        _barrier()
+
+    _barrier()
+    best_state = load_checkpoint(checkpoints / "best.pt")
+    unwrap(model).load_state_dict(best_state["model"])
+    test_loader = build_loader(cfg.data, splits["test"], LoaderSpec.evaluate(eval_per_worker), ctx)
+    test = compute_metrics(
+        evaluate(unwrap(model), test_loader, device, manifest.num_classes, amp=amp, channels_last=channels_last)
+        .all_reduced(), manifest,
+    )  # fmt: skip
+    if ctx.is_main:
+        val_at_best = next((r for r in rows if r["epoch"] == best["epoch"]), {})
+        results = {
+            "stage": stage,
+            "epochs": train_cfg.epochs,
+            "best_epoch": best["epoch"],
+            "select_metric": best["metric"],
+            "val": {k[4:]: v for k, v in val_at_best.items() if k.startswith("val_")},
+            "test": test,
+            "manifest": manifest.to_dict(),
+            "world_size": ctx.world_size,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **best_state.get("results_extra", {}),
+        }
+        storage.write_json(out / "results.json", results)
+        log.info("%s test (best epoch %d): top-1 %.2f, balanced %.2f, many %.2f, medium %.2f, few %.2f, ECE %.2f",
+                 stage, best["epoch"], test["top1"], test["balanced_acc"], test["many"], test["medium"],
+                 test["few"], test["ece"])  # fmt: skip
