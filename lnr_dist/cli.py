@@ -109,6 +109,26 @@ def _cmd_stage1(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from .flips_job import format_summary
+    from .infer import run_inference
+
+    cfg = _load_experiment(args)
+    summary = run_inference(cfg)
+    print(format_summary(summary))
+    print("\ngroup      before    after")
+    for group, counts in summary["groups"].items():
+        print(f"{group:<8} {counts['before']:>8} {counts['after']:>8}")
+    print(
+        f"\n{summary['world_size']} workers, {summary['passes']} passes ({summary['forwards_per_sample']:.2f} forwards"
+        f" per sample), {summary['images_per_second']:.1f} images/s, {summary['wall_seconds']:.1f} s"
+    )
+    if "note" in summary:
+        print(f"note: {summary['note']}")
+    print(f"written: {Path(cfg.with_absolute_paths().run_dir) / 'infer'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lnr-dist", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -148,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     stage1 = commands.add_parser("stage1", help="stage 1: train the backbone on Ray Train")
     _add_config_args(stage1, required=True)
     stage1.set_defaults(func=_cmd_stage1)
+
+    infer = commands.add_parser("infer", help="sharded two-pass inference and LNR flips on Ray Train")
+    _add_config_args(infer, required=True)
+    infer.set_defaults(func=_cmd_infer)
 
     demo = commands.add_parser("demo", help="what `make demo` runs")
     demo.add_argument("--out", default="runs/demo")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from .data.config import DataConfig
+from .errors import UserError
 from .models import ModelConfig
 
 
@@ -46,17 +47,22 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """`ray:` — workers of each Ray Train job. use_gpu null = use GPUs when CUDA is present."""
+    """`ray:` — workers of each Ray Train job. use_gpu null = use GPUs when CUDA is present; cpus_per_worker may
+    be fractional (more workers than cores on a laptop)."""
 
     num_workers: int = 2
-    cpus_per_worker: int = 1
+    cpus_per_worker: float = 1.0
     use_gpu: bool | None = None
     max_failures: int = 2
     address: str | None = None
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1 or self.cpus_per_worker < 1 or self.max_failures < 0:
-            raise ValueError("need num_workers >= 1, cpus_per_worker >= 1, max_failures >= 0")
+        if self.num_workers < 1 or self.cpus_per_worker <= 0 or self.max_failures < 0:
+            raise ValueError("need num_workers >= 1, cpus_per_worker > 0, max_failures >= 0")
+
+    @property
+    def torch_threads(self) -> int:
+        return max(1, int(self.cpus_per_worker))
 
 
 @dataclass(frozen=True)
@@ -70,12 +76,45 @@ class FaultConfig:
 
 
 @dataclass(frozen=True)
+class InferConfig:
+    """`infer:` — the sharded prediction pass that feeds LNR.
+
+    Every training sample is predicted `passes` times (train-time augmentation by default, as the paper does)
+    and the softmax outputs are averaged, then cast to `predictions_dtype` (what `save_predictions` writes, so
+    stored predictions reproduce the job's flips exactly). BatchNorm runs in eval mode; `bn_mode: train`
+    reproduces the reference code, which predicted with the model in train mode (batch statistics).
+    `candidates_t_min` also writes the sparse candidates for threshold sweeps at any threshold >= it.
+    `checkpoint` defaults to the stage-1 best checkpoint of this run; `seed` to the experiment seed.
+    """
+
+    threshold: float = 14.5
+    passes: int = 2
+    augment: Literal["train", "eval"] = "train"
+    bn_mode: Literal["eval", "train"] = "eval"
+    batch_size: int = 256
+    checkpoint: str | None = None
+    seed: int | None = None
+    save_predictions: bool = True
+    predictions_dtype: Literal["float16", "float32"] = "float16"
+    candidates_t_min: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.passes < 1 or self.batch_size < 1:
+            raise ValueError("need passes >= 1 and batch_size >= 1")
+        if self.candidates_t_min is not None and self.candidates_t_min > self.threshold:
+            raise ValueError(
+                f"candidates_t_min ({self.candidates_t_min}) must be <= threshold ({self.threshold})"
+            )
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
     run_dir: str = "runs/experiment"
     seed: int = 0
     stage1: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
 
@@ -83,14 +122,16 @@ class ExperimentConfig:
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
 
-        for name in ("stage1",):
-            section = getattr(self, name)
-            for key in ("batch_size", "eval_batch_size"):
-                if getattr(section, key) % self.ray.num_workers:
-                    raise ValueError(
-                        f"{name}.{key} ({getattr(section, key)}) must be divisible by ray.num_workers "
-                        f"({self.ray.num_workers}): batch sizes are global"
-                    )
+    def check_global_batch(self, *keys: str) -> None:
+        """Batch sizes are global: each named `section.key` must split evenly over ray.num_workers."""
+        for key in keys:
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if value % self.ray.num_workers:
+                raise UserError(
+                    f"{key} ({value}) must be divisible by ray.num_workers ({self.ray.num_workers}): "
+                    "batch sizes are global"
+                )
 
     def with_absolute_paths(self) -> ExperimentConfig:
         """Paths resolved against the current folder: Ray workers and SLURM tasks run elsewhere."""
@@ -106,7 +147,8 @@ class ExperimentConfig:
             test_split=absolute(self.data.test_split),
         )
         model = replace(self.model, pretrained_path=absolute(self.model.pretrained_path))
-        return replace(self, data=data, model=model, run_dir=absolute(self.run_dir))
+        infer = replace(self.infer, checkpoint=absolute(self.infer.checkpoint))
+        return replace(self, data=data, model=model, infer=infer, run_dir=absolute(self.run_dir))
 
     def stage_dir(self, stage: str) -> Path:
         return Path(self.run_dir) / stage

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import ray
+import ray.train
+import ray.train.torch
 import torch
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
+from .dist import RankContext
 from .experiment import RayConfig
+from .logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -27,3 +36,38 @@ def ensure_ray(cfg: RayConfig) -> None:
 
 def use_gpu(cfg: RayConfig) -> bool:
     return torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
+
+
+def run_workers(
+    worker: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    cfg: RayConfig,
+    name: str,
+    storage: Path,
+) -> None:
+    """Run `worker` on cfg.num_workers Ray Train workers (gloo on CPU, nccl on GPU), restarting the whole group
+    up to cfg.max_failures times when a worker dies. Raises when the run finally fails."""
+    ensure_ray(cfg)
+    gpu = use_gpu(cfg)
+    TorchTrainer(
+        worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage.resolve()),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+    ).fit()
+
+
+def worker_setup(cfg: RayConfig) -> tuple[RankContext, torch.device]:
+    """Inside a Ray Train worker: rank context, logging, threads and the device."""
+    context = ray.train.get_context()
+    ctx = RankContext(context.get_world_rank(), context.get_world_size(), context.get_local_rank())
+    setup_logging(rank=ctx.rank)
+    torch.set_num_threads(cfg.torch_threads)
+    return ctx, ray.train.torch.get_device()

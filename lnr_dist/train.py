@@ -26,8 +26,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as torch_dist
-from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
 
 from . import config as config_lib
 from . import storage
@@ -35,14 +33,14 @@ from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from .data.loader import LoaderSpec, build_loader
 from .data.manifest import Manifest
 from .data.splits import Split, load_split
-from .dist import RankContext, is_distributed
+from .dist import is_distributed
 from .engine import cosine_with_warmup, evaluate, train_one_epoch
 from .errors import UserError
 from .experiment import ExperimentConfig
-from .logs import setup_logging
+from .faults import inject_fault
 from .metrics import compute_metrics
 from .plots import training_curves
-from .raycluster import ensure_ray, use_gpu
+from .raycluster import run_workers, worker_setup
 from .recipes import build_recipe
 
 log = logging.getLogger(__name__)
@@ -60,7 +58,8 @@ def load_splits(cfg: ExperimentConfig) -> dict[str, Split]:
 
 
 def preflight(cfg: ExperimentConfig, stage: str) -> dict[str, Split]:
-    """Everything that can be checked without workers: split files, the model's files, the run folder."""
+    """Everything that can be checked without workers: split files, the model's files, batch sizes."""
+    cfg.check_global_batch(f"{stage}.batch_size", f"{stage}.eval_batch_size")
     splits = load_splits(cfg)
     for name, split in splits.items():
         missing = next(
@@ -78,24 +77,8 @@ def fit(cfg: ExperimentConfig, stage: str = "stage1") -> dict[str, Any]:
     preflight(cfg, stage)
     out = cfg.stage_dir(stage)
     config_lib.save_resolved(cfg, out)
-    ensure_ray(cfg.ray)
-    gpu = use_gpu(cfg.ray)
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"config": config_lib.to_dict(cfg), "stage": stage},
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers,
-            use_gpu=gpu,
-            resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=stage,
-            storage_path=str((Path(cfg.run_dir) / "ray").resolve()),
-            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-        ),
-    )
-    trainer.fit()
+    loop_config = {"config": config_lib.to_dict(cfg), "stage": stage}
+    run_workers(train_worker, loop_config, cfg.ray, stage, Path(cfg.run_dir) / "ray")
     return json.loads((out / "results.json").read_text())
 
 
@@ -115,17 +98,6 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
                 for row in csv.DictReader(handle)]  # fmt: skip
 
 
-def _inject_fault(cfg: ExperimentConfig, ctx: RankContext, epoch: int, out: Path) -> None:
-    fault = cfg.fault
-    if fault.raise_at_epoch != epoch or fault.rank != ctx.rank:
-        return
-    marker = out / ".fault_injected"
-    if fault.once and marker.exists():
-        return
-    marker.touch()
-    raise RuntimeError(f"injected fault at epoch {epoch} on rank {ctx.rank} (fault.raise_at_epoch)")
-
-
 def _barrier() -> None:
     if is_distributed():
         torch_dist.barrier()
@@ -135,11 +107,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker loop (every rank runs it)."""
     cfg = config_lib.from_dict(ExperimentConfig, loop_config["config"], "<ray worker config>")
     stage = loop_config["stage"]
-    context = ray.train.get_context()
-    ctx = RankContext(context.get_world_rank(), context.get_world_size(), context.get_local_rank())
-    setup_logging(rank=ctx.rank)
-    torch.set_num_threads(cfg.ray.cpus_per_worker)
-    device = ray.train.torch.get_device()
+    ctx, device = worker_setup(cfg.ray)
     cuda = device.type == "cuda"
     out = cfg.stage_dir(stage)
     checkpoints = out / "checkpoints"
@@ -180,7 +148,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rows = [r for r in _read_rows(out / "metrics.csv") if r["epoch"] < start_epoch]
 
     for epoch in range(start_epoch, train_cfg.epochs):
-        _inject_fault(cfg, ctx, epoch, out)
+        inject_fault(cfg.fault, ctx, epoch, out)
         train_loader.set_epoch(epoch)
         rng = np.random.default_rng([cfg.seed, ctx.rank, epoch])
         stats = train_one_epoch(

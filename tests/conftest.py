@@ -78,3 +78,15 @@ def ray_session():
     ensure_ray(RayConfig())
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stage1_checkpoint(mini_root, tmp_path_factory, ray_session):
+    """A tiny stage-1 model trained in the tests (real Ray, 2 workers, 3 epochs): its best checkpoint."""
+    from lnr_dist.train import fit
+
+    cfg = mini_experiment(
+        mini_root, tmp_path_factory.mktemp("stage1"), stage1={"epochs": 3}
+    ).with_absolute_paths()
+    fit(cfg, "stage1")
+    return cfg.stage_dir("stage1") / "checkpoints" / "best.pt"
