@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from . import storage
+from .errors import UserError
+from .models import ModelConfig, Network, build_model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -63,3 +65,26 @@ def restore_training_state(
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
+
+
+def load_model(model_cfg: ModelConfig, num_classes: int, path: Path) -> Network:
+    """The network of the experiment with the checkpoint's weights; clear errors for a missing or foreign file."""
+    if not path.is_file():
+        raise UserError(
+            f"{path}: stage-1 checkpoint not found (run `lnr-dist stage1` first or set infer.checkpoint)"
+        )
+    try:
+        weights = load_checkpoint(path)["model"]
+    except Exception as exc:  # any unreadable file is the same user problem
+        raise UserError(f"{path}: not a readable lnr-dist checkpoint: {exc}") from exc
+    head = weights.get("classifier.weight")
+    if head is not None and head.shape[0] != num_classes:
+        raise UserError(
+            f"{path}: checkpoint has {head.shape[0]} classes but data.num_classes is {num_classes}"
+        )
+    model = build_model(model_cfg, num_classes)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: checkpoint does not fit model.arch={model_cfg.arch}: {exc}") from exc
+    return model

@@ -95,17 +95,42 @@ def _load_experiment(args: argparse.Namespace):
     return load_config(ExperimentConfig, args.config, args.overrides)
 
 
-def _cmd_stage1(args: argparse.Namespace) -> int:
+def _run_stage(args: argparse.Namespace, stage: str) -> int:
     from .train import fit
 
     cfg = _load_experiment(args)
-    results = fit(cfg, "stage1")
-    test = results["test"]
+    results = fit(cfg, stage)
+    test, calibrated = results["test"], results["test_calibrated"]
+    flips = results.get("flips")
     print(
-        f"stage1 done: best epoch {results['best_epoch']} (by validation {results['select_metric']}); test top-1 "
+        f"{stage} done: best epoch {results['best_epoch']} (by validation {results['select_metric']}); test top-1 "
         f"{test['top1']:.2f}, many {test['many']:.2f}, medium {test['medium']:.2f}, few {test['few']:.2f}, "
-        f"ECE {test['ece']:.2f}, NLL {test['nll']:.3f}\nrun folder: {cfg.stage_dir('stage1')}"
+        f"ECE {test['ece']:.2f} -> {calibrated['ece']:.2f} and NLL {test['nll']:.3f} -> {calibrated['nll']:.3f} "
+        f"after temperature scaling (T = {results['temperature']:.3f}, fitted on validation)"
     )
+    if flips:
+        print(f"method {flips['method']}: {flips['num_flips']} flips (threshold {flips['threshold']})")
+    print(f"run folder: {cfg.with_absolute_paths().stage_dir(stage)}")
+    return 0
+
+
+def _cmd_stage1(args: argparse.Namespace) -> int:
+    return _run_stage(args, "stage1")
+
+
+def _cmd_stage2(args: argparse.Namespace) -> int:
+    return _run_stage(args, "stage2")
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import run_sweep
+
+    cfg = _load_experiment(args)
+    report = run_sweep(cfg)
+    out = Path(cfg.with_absolute_paths().run_dir) / "tune"
+    print((out / "sweep.md").read_text())
+    print(f"chosen threshold {report['threshold']:g} written to {out / 'chosen_threshold.json'} "
+          "(use it with `lnr-dist stage2 ... stage2.threshold=tuned`)")  # fmt: skip
     return 0
 
 
@@ -168,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     stage1 = commands.add_parser("stage1", help="stage 1: train the backbone on Ray Train")
     _add_config_args(stage1, required=True)
     stage1.set_defaults(func=_cmd_stage1)
+
+    stage2 = commands.add_parser("stage2", help="stage 2: classifier re-training on (LNR-flipped) labels")
+    _add_config_args(stage2, required=True)
+    stage2.set_defaults(func=_cmd_stage2)
+
+    tune = commands.add_parser("tune", help="Ray Tune threshold sweep on validation")
+    _add_config_args(tune, required=True)
+    tune.set_defaults(func=_cmd_tune)
 
     infer = commands.add_parser("infer", help="sharded two-pass inference and LNR flips on Ray Train")
     _add_config_args(infer, required=True)

@@ -121,3 +121,26 @@ def evaluate(
             logits = model(_prepare(batch.images, device, channels_last))
         sums.update(logits, batch.labels)
     return sums
+
+
+@torch.inference_mode()
+def collect_logits(
+    model: nn.Module,
+    loader: BatchLoader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's (n, C) float32 logits and (n,) labels on the CPU (pass the model unwrapped from DDP)."""
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        if batch.images.shape[0] == 0:
+            continue
+        with torch.autocast(device.type, enabled=amp):
+            logits.append(model(_prepare(batch.images, device, channels_last)).float().cpu())
+        labels.append(batch.labels)
+    if not logits:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(logits), torch.cat(labels)

@@ -32,6 +32,7 @@ class TrainConfig:
     select_metric: Literal["balanced_acc", "top1"] = "balanced_acc"
     amp: bool = True
     channels_last: bool = True
+    evaluate_test: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -43,6 +44,65 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0 (0 = off), got {self.mixup_alpha}")
+
+
+@dataclass(frozen=True)
+class Stage2Config(TrainConfig):
+    """`stage2:` — MiSLAS classifier re-training on LNR-flipped labels, on the same trainer.
+
+    The backbone is frozen (features under no_grad); with `shift_bn` its BatchNorm statistics are re-estimated
+    on the class-balanced stream (MiSLAS's shift learning). The classifier trains at lr_factor * lr, the
+    learnable weight scaling (LWS) at lr. Label-aware smoothing runs from `smooth_tail` (rarest class) to
+    `smooth_head` (largest) along `smooth_profile`. method: mislas (no flips), lnr (the flip table), random (as
+    many flips as lnr, drawn at random from larger to smaller classes). threshold: null = the inference job's
+    flips.npz; a number = flips re-derived at it from the saved predictions or candidates; tuned = the threshold
+    `lnr-dist tune` chose.
+    """
+
+    epochs: int = 10
+    lr: float = 0.1
+    lr_factor: float = 1.0
+    method: Literal["mislas", "lnr", "random"] = "lnr"
+    smooth_head: float = 0.3
+    smooth_tail: float = 0.0
+    smooth_profile: Literal["concave", "linear", "convex"] = "concave"
+    shift_bn: bool = False
+    lws: bool = True
+    balanced_sampling: bool = True
+    threshold: float | Literal["tuned"] | None = None
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (0 <= self.smooth_tail <= 1 and 0 <= self.smooth_head <= 1) or self.lr_factor <= 0:
+            raise ValueError("smoothing must lie in [0, 1] and lr_factor must be > 0")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`tune:` — the Ray Tune threshold sweep. scheduler grid: every value of `thresholds`; asha: `num_samples`
+    thresholds drawn uniformly from [search_min, search_max], poor ones stopped early. Trials pick on the
+    validation `objective`; only the chosen threshold's model sees the test split. With cached features (the
+    default whenever the backbone is frozen and stage2.shift_bn is off) a trial trains the classifier head on
+    features computed once; otherwise each trial runs stage 2 on Ray Train."""
+
+    scheduler: Literal["grid", "asha"] = "grid"
+    thresholds: tuple[float, ...] = (1.0, 2.0, 3.0)
+    search_min: float = 0.0
+    search_max: float = 20.0
+    num_samples: int = 8
+    objective: Literal["balanced_acc", "top1", "few"] = "balanced_acc"
+    epochs: int | None = None
+    cached_features: Literal["auto", "never"] = "auto"
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scheduler == "grid" and not self.thresholds:
+            raise ValueError("a grid sweep needs at least one value in tune.thresholds")
+        if self.scheduler == "asha" and not self.search_min < self.search_max:
+            raise ValueError("tune.search_min must be below tune.search_max")
 
 
 @dataclass(frozen=True)
@@ -115,6 +175,8 @@ class ExperimentConfig:
     seed: int = 0
     stage1: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
 
@@ -148,7 +210,10 @@ class ExperimentConfig:
         )
         model = replace(self.model, pretrained_path=absolute(self.model.pretrained_path))
         infer = replace(self.infer, checkpoint=absolute(self.infer.checkpoint))
-        return replace(self, data=data, model=model, infer=infer, run_dir=absolute(self.run_dir))
+        stage2 = replace(self.stage2, checkpoint=absolute(self.stage2.checkpoint))
+        return replace(
+            self, data=data, model=model, infer=infer, stage2=stage2, run_dir=absolute(self.run_dir)
+        )
 
     def stage_dir(self, stage: str) -> Path:
         return Path(self.run_dir) / stage

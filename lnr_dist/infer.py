@@ -25,13 +25,12 @@ import torch.nn.functional as F
 
 from . import config as config_lib
 from . import storage
-from .checkpoint import load_checkpoint
+from .checkpoint import load_model
 from .data.loader import LoaderSpec, build_loader
 from .data.manifest import GROUPS, Manifest
 from .data.sampling import shard_bounds
 from .data.splits import load_split
 from .dist import all_gather_arrays, all_reduce_sum, is_distributed
-from .errors import UserError
 from .experiment import ExperimentConfig
 from .faults import inject_fault
 from .flips_job import build_summary, write_flip_outputs
@@ -43,8 +42,9 @@ from .lnr import (
     default_chunk_rows,
     flips_for_rows,
 )
-from .models import Network, build_model
+from .models import Network
 from .raycluster import run_workers, worker_setup
+from .shared_rows import partial_path, write_shared_rows
 
 log = logging.getLogger(__name__)
 
@@ -63,42 +63,14 @@ def checkpoint_path(cfg: ExperimentConfig) -> Path:
     )
 
 
-def load_model(cfg: ExperimentConfig, path: Path) -> Network:
-    """The network of the experiment with the checkpoint's weights; clear errors for a missing or foreign file."""
-    if not path.is_file():
-        raise UserError(
-            f"{path}: stage-1 checkpoint not found (run `lnr-dist stage1` first or set infer.checkpoint)"
-        )
-    try:
-        weights = load_checkpoint(path)["model"]
-    except Exception as exc:  # any unreadable file is the same user problem
-        raise UserError(f"{path}: not a readable lnr-dist checkpoint: {exc}") from exc
-    num_classes = cfg.data.num_classes
-    head = weights.get("classifier.weight")
-    if head is not None and head.shape[0] != num_classes:
-        raise UserError(
-            f"{path}: checkpoint has {head.shape[0]} classes but data.num_classes is {num_classes}"
-        )
-    model = build_model(cfg.model, num_classes)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: checkpoint does not fit model.arch={cfg.model.arch}: {exc}") from exc
-    return model
-
-
-def _temp_predictions(out: Path) -> Path:
-    return out / ".predictions.npy.partial"
-
-
 def run_inference(cfg: ExperimentConfig) -> dict[str, Any]:
     """Driver: check inputs, run the workers, return summary.json."""
     cfg = cfg.with_absolute_paths()
     cfg.check_global_batch("infer.batch_size")
     load_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes, "train")
-    load_model(cfg, checkpoint_path(cfg))
+    load_model(cfg.model, cfg.data.num_classes, checkpoint_path(cfg))
     out = Path(cfg.run_dir) / "infer"
-    _temp_predictions(out).unlink(missing_ok=True)  # left by a run that failed mid-write
+    partial_path(out / "predictions.npy").unlink(missing_ok=True)  # left by a run that failed mid-write
     config_lib.save_resolved(cfg, out)
     run_workers(
         infer_worker, {"config": config_lib.to_dict(cfg)}, cfg.ray, "infer", Path(cfg.run_dir) / "ray"
@@ -177,7 +149,7 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     split = load_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes, "train")
     num_samples, num_classes = len(split), cfg.data.num_classes
     path = checkpoint_path(cfg)
-    model = load_model(cfg, path).to(device)
+    model = load_model(cfg.model, cfg.data.num_classes, path).to(device)
     spec = LoaderSpec(
         icfg.batch_size // ctx.world_size, "sequential", augment=icfg.augment == "train", seed=seed
     )
@@ -210,17 +182,8 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     peak_mb = all_gather_arrays(np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]))
 
     if icfg.save_predictions:
-        temp = _temp_predictions(out)
-        if ctx.is_main:
-            np.lib.format.open_memmap(
-                temp, mode="w+", dtype=predictions.dtype, shape=(num_samples, num_classes)
-            )
-        _barrier()
-        rows = np.lib.format.open_memmap(temp, mode="r+")
-        rows[start:stop] = predictions
-        rows.flush()
-        del rows
-        _barrier()
+        shape = (num_samples, num_classes)
+        write_shared_rows(out / "predictions.npy", shape, predictions.dtype, start, predictions, ctx)
 
     if ctx.is_main:
         flips = FlipTable.concat([FlipTable(*(p[r] for p in parts)) for r in range(ctx.world_size)])
@@ -228,7 +191,6 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
         if icfg.save_predictions:
             storage.write_npy(out / "labels.npy", split.labels)
             storage.write_npy(out / "indices.npy", np.arange(num_samples, dtype=np.int64))
-            _temp_predictions(out).replace(out / "predictions.npy")
             saved = np.load(out / "predictions.npy", mmap_mode="r")
             inputs_sha = storage.sha256_arrays(saved, split.labels, np.arange(num_samples, dtype=np.int64))
             extra["predictions"] = str(out / "predictions.npy")

@@ -56,6 +56,22 @@ class Network(nn.Module):
         self.classifier = nn.Linear(feature_dim, num_classes)
         self.scaling: nn.Module = nn.Identity()
         self.feature_dim = feature_dim
+        self.features_frozen = False
+        self.shift_bn = False
+
+    def freeze_features(self, shift_bn: bool = False) -> None:
+        """Stage 2: features stop learning (no gradients, no_grad forward). Their BatchNorm layers stay in eval
+        mode, or with `shift_bn` follow train mode so that their statistics are re-estimated on stage 2's
+        class-balanced stream (MiSLAS's shift learning)."""
+        self.features_frozen, self.shift_bn = True, shift_bn
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Network:
+        super().train(mode)
+        if self.features_frozen:
+            self.features.train(mode and self.shift_bn)
+        return self
 
     def enable_weight_scaling(self) -> None:
         if isinstance(self.scaling, nn.Identity):
@@ -67,6 +83,10 @@ class Network(nn.Module):
         return self.scaling(self.classifier(features))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.features_frozen:
+            with torch.no_grad():
+                features = self.features(images)
+            return self.head(features)
         return self.head(self.features(images))
 
 

@@ -44,6 +44,7 @@ def run_workers(
     cfg: RayConfig,
     name: str,
     storage: Path,
+    callbacks: list | None = None,
 ) -> None:
     """Run `worker` on cfg.num_workers Ray Train workers (gloo on CPU, nccl on GPU), restarting the whole group
     up to cfg.max_failures times when a worker dies. Raises when the run finally fails."""
@@ -60,6 +61,7 @@ def run_workers(
             name=name,
             storage_path=str(storage.resolve()),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=callbacks or None,
         ),
     ).fit()
 

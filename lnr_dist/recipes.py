@@ -4,14 +4,19 @@ parameters train at which learning rate, the loss, the sampler, a per-batch labe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
+from .checkpoint import load_model
 from .data.manifest import Manifest
 from .engine import LabelMap
 from .experiment import ExperimentConfig, TrainConfig
-from .losses import CrossEntropy
+from .flip_sources import stage2_flips
+from .losses import CrossEntropy, LabelAwareSmoothing, smoothing_per_class
 from .models import Network, build_model
 
 
@@ -26,17 +31,42 @@ class Recipe:
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
 
 
-def stage1_recipe(cfg: ExperimentConfig, manifest: Manifest) -> Recipe:
+def stage1_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
     """Stage 1: the whole network, cross-entropy (with mixup when stage1.mixup_alpha > 0), instance sampling."""
     model = build_model(cfg.model, manifest.num_classes)
     params = [p for p in model.parameters() if p.requires_grad]
     return Recipe(model, [{"params": params, "lr": cfg.stage1.lr}], CrossEntropy(), cfg.stage1)
 
 
-RECIPES = {"stage1": stage1_recipe}
+def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
+    """Stage 2: the stage-1 network with frozen features (+ optional BN shift), classifier + LWS retrained with
+    label-aware smoothing on class-balanced batches, labels replaced through the method's flip table."""
+    s2 = cfg.stage2
+    path = Path(s2.checkpoint) if s2.checkpoint else cfg.stage_dir("stage1") / "checkpoints" / "best.pt"
+    model = load_model(cfg.model, manifest.num_classes, path)
+    model.freeze_features(shift_bn=s2.shift_bn)
+    groups = [{"params": list(model.classifier.parameters()), "lr": s2.lr * s2.lr_factor}]
+    if s2.lws:
+        model.enable_weight_scaling()
+        groups.append({"params": list(model.scaling.parameters()), "lr": s2.lr})
+    epsilon = smoothing_per_class(manifest.class_counts, s2.smooth_head, s2.smooth_tail, s2.smooth_profile)
+    table, report = stage2_flips(cfg, train_labels)
+    label_map = None
+    if table is not None:
+
+        def label_map(indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(table.apply(indices.numpy(), labels.numpy()))
+
+    return Recipe(
+        model, groups, LabelAwareSmoothing(epsilon), s2, s2.balanced_sampling, label_map,
+        {"results_extra": {"flips": report, "stage1_checkpoint": str(path)}},
+    )  # fmt: skip
 
 
-def build_recipe(cfg: ExperimentConfig, stage: str, manifest: Manifest) -> Recipe:
+RECIPES = {"stage1": stage1_recipe, "stage2": stage2_recipe}
+
+
+def build_recipe(cfg: ExperimentConfig, stage: str, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
     if stage not in RECIPES:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(RECIPES)}")
-    return RECIPES[stage](cfg, manifest)
+    return RECIPES[stage](cfg, manifest, train_labels)

@@ -29,12 +29,13 @@ import torch.distributed as torch_dist
 
 from . import config as config_lib
 from . import storage
+from .calibration import fit_temperature, metrics_at
 from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state, unwrap
 from .data.loader import LoaderSpec, build_loader
 from .data.manifest import Manifest
 from .data.splits import Split, load_split
 from .dist import is_distributed
-from .engine import cosine_with_warmup, evaluate, train_one_epoch
+from .engine import collect_logits, cosine_with_warmup, evaluate, train_one_epoch
 from .errors import UserError
 from .experiment import ExperimentConfig
 from .faults import inject_fault
@@ -67,18 +68,25 @@ def preflight(cfg: ExperimentConfig, stage: str) -> dict[str, Split]:
         )
         if missing is not None:
             raise UserError(f"{split.where(missing)}: missing file {split.full_path(missing)} ({name} split)")
-    build_recipe(cfg, stage, Manifest.from_labels(splits["train"].labels, cfg.data.num_classes))
+    labels = splits["train"].labels
+    build_recipe(cfg, stage, Manifest.from_labels(labels, cfg.data.num_classes), labels)
     return splits
 
 
-def fit(cfg: ExperimentConfig, stage: str = "stage1") -> dict[str, Any]:
-    """Run `stage` on Ray Train; returns results.json (best validation epoch and its test metrics)."""
+def fit(
+    cfg: ExperimentConfig, stage: str = "stage1", out: Path | None = None, callbacks: list | None = None
+) -> dict[str, Any]:
+    """Run `stage` on Ray Train; returns results.json (best validation epoch and its test metrics).
+
+    `out` replaces the stage's folder <run_dir>/<stage> (sweep trials); `callbacks` go to the TorchTrainer.
+    """
     cfg = cfg.with_absolute_paths()
     preflight(cfg, stage)
-    out = cfg.stage_dir(stage)
+    out = Path(out).resolve() if out is not None else cfg.stage_dir(stage)
     config_lib.save_resolved(cfg, out)
-    loop_config = {"config": config_lib.to_dict(cfg), "stage": stage}
-    run_workers(train_worker, loop_config, cfg.ray, stage, Path(cfg.run_dir) / "ray")
+    loop_config = {"config": config_lib.to_dict(cfg), "stage": stage, "out": str(out)}
+    name = stage if out == cfg.stage_dir(stage) else out.name
+    run_workers(train_worker, loop_config, cfg.ray, name, Path(cfg.run_dir) / "ray", callbacks)
     return json.loads((out / "results.json").read_text())
 
 
@@ -109,12 +117,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     stage = loop_config["stage"]
     ctx, device = worker_setup(cfg.ray)
     cuda = device.type == "cuda"
-    out = cfg.stage_dir(stage)
+    out = Path(loop_config.get("out") or cfg.stage_dir(stage))
     checkpoints = out / "checkpoints"
 
     splits = load_splits(cfg)
     manifest = Manifest.from_labels(splits["train"].labels, cfg.data.num_classes)
-    recipe = build_recipe(cfg, stage, manifest)
+    recipe = build_recipe(cfg, stage, manifest, splits["train"].labels)
     train_cfg = recipe.train
     per_worker = train_cfg.batch_size // ctx.world_size
     eval_per_worker = train_cfg.eval_batch_size // ctx.world_size
@@ -165,6 +173,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         )  # fmt: skip
         row = {"epoch": epoch, **stats, **{f"val_{k}": v for k, v in val.items() if k != "per_class_acc"}}
         row["images_per_second"] = stats["train_images"] / max(stats["train_seconds"], 1e-9)
+        flips = recipe.checkpoint_extra.get("results_extra", {}).get("flips")
+        if flips is not None:
+            row["num_flips"] = flips["num_flips"]
         improved = val[train_cfg.select_metric] > best["value"]
         if improved:
             best = {"metric": train_cfg.select_metric, "value": val[train_cfg.select_metric], "epoch": epoch}
@@ -188,12 +199,20 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     _barrier()
     best_state = load_checkpoint(checkpoints / "best.pt")
-    unwrap(model).load_state_dict(best_state["model"])
-    test_loader = build_loader(cfg.data, splits["test"], LoaderSpec.evaluate(eval_per_worker), ctx)
-    test = compute_metrics(
-        evaluate(unwrap(model), test_loader, device, manifest.num_classes, amp=amp, channels_last=channels_last)
-        .all_reduced(), manifest,
-    )  # fmt: skip
+    network = unwrap(model)
+    network.load_state_dict(best_state["model"])
+    # Temperature scaling on validation (beyond the paper): report ECE/NLL before and after it.
+    val_logits, val_labels = collect_logits(network, val_loader, device, amp=amp, channels_last=channels_last)
+    temperature = fit_temperature(val_logits, val_labels)
+    val_calibrated = metrics_at(val_logits, val_labels, manifest, temperature)
+    test = test_calibrated = None
+    if train_cfg.evaluate_test:
+        test_loader = build_loader(cfg.data, splits["test"], LoaderSpec.evaluate(eval_per_worker), ctx)
+        test_logits, test_labels = collect_logits(
+            network, test_loader, device, amp=amp, channels_last=channels_last
+        )
+        test = metrics_at(test_logits, test_labels, manifest)
+        test_calibrated = metrics_at(test_logits, test_labels, manifest, temperature)
     if ctx.is_main:
         val_at_best = next((r for r in rows if r["epoch"] == best["epoch"]), {})
         results = {
@@ -203,12 +222,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "select_metric": best["metric"],
             "val": {k[4:]: v for k, v in val_at_best.items() if k.startswith("val_")},
             "test": test,
+            "temperature": temperature,
+            "val_calibrated": {k: val_calibrated[k] for k in ("top1", "ece", "nll")},
+            "test_calibrated": test_calibrated,
             "manifest": manifest.to_dict(),
             "world_size": ctx.world_size,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **best_state.get("results_extra", {}),
         }
         storage.write_json(out / "results.json", results)
-        log.info("%s test (best epoch %d): top-1 %.2f, balanced %.2f, many %.2f, medium %.2f, few %.2f, ECE %.2f",
-                 stage, best["epoch"], test["top1"], test["balanced_acc"], test["many"], test["medium"],
-                 test["few"], test["ece"])  # fmt: skip
+        if test is not None:
+            log.info(
+                "%s test (best epoch %d): top-1 %.2f, balanced %.2f, many %.2f, medium %.2f, few %.2f, "
+                "ECE %.2f -> %.2f after temperature %.2f",
+                stage, best["epoch"], test["top1"], test["balanced_acc"], test["many"], test["medium"], test["few"],
+                test["ece"], test_calibrated["ece"], temperature,
+            )  # fmt: skip

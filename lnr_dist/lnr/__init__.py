@@ -10,6 +10,7 @@ from .flips import (
     flip_rates,
     flips_for_rows,
     flips_from_candidates,
+    random_flips,
 )
 from .rng import uniforms
 from .stats import ClassMoments, ClassStats, accumulate_stats, class_prior
@@ -33,5 +34,6 @@ __all__ = [
     "flip_rates",
     "flips_for_rows",
     "flips_from_candidates",
+    "random_flips",
     "uniforms",
 ]

@@ -237,3 +237,30 @@ def binary_flips(
     flip = majority & (rho > uniforms(seed, indices, np.ones_like(indices)))
     flipped = np.sort(indices[flip])
     return FlipTable(flipped, np.zeros_like(flipped), np.ones_like(flipped))
+
+
+def random_flips(
+    labels: np.ndarray, indices: np.ndarray, prior: np.ndarray, num_flips: int, seed: int
+) -> FlipTable:
+    """The control LNR is compared with: `num_flips` samples chosen uniformly among those that have a rarer
+    class, each moved to a class drawn uniformly among the classes rarer than its own (prior_k > prior_label).
+
+    Args:
+        labels: (N,) labels; indices: (N,) dataset indices; prior: (C,) class prior of the LNR rule.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    indices = np.asarray(indices, dtype=np.int64)
+    rarer_count = (prior[None, :] > prior[labels][:, None]).sum(1)
+    eligible = np.flatnonzero(rarer_count > 0)
+    if num_flips > eligible.size:
+        raise ValueError(
+            f"{num_flips} random flips requested but only {eligible.size} samples have a rarer class"
+        )
+    rng = np.random.default_rng([seed, 0x52414E44])
+    chosen = np.sort(rng.choice(eligible, size=num_flips, replace=False))
+    order = np.argsort(
+        -prior, kind="stable"
+    )  # rarest first; the first rarer_count entries are the rarer classes
+    targets = np.array([order[rng.integers(rarer_count[i])] for i in chosen], dtype=np.int64)
+    sorting = np.argsort(indices[chosen], kind="stable")
+    return FlipTable(indices[chosen][sorting], labels[chosen][sorting], targets[sorting])

@@ -1,0 +1,224 @@
+"""The Ray Tune threshold sweep: flips re-derived per trial from the inference job's saved predictions or sparse
+candidates (no inference per trial), stage 2 per trial, selection on validation, one test evaluation.
+
+With a frozen backbone and no BN shift (the default), trials train the classifier head on stage-1 features
+computed once (`features.py`), a fraction of a second per trial on the mini set. Otherwise each trial is a
+function trainable that builds a TorchTrainer for stage 2 (Ray Train V2's pattern: Tune drives a function that
+builds the trainer; `TuneReportCallback` forwards the workers' reports). Trials take `tune.cpus_per_trial` /
+`tune.gpus_per_trial`: fractional CPUs on a laptop, one GPU per trial on a cluster.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from . import config as config_lib
+from . import storage
+from .checkpoint import load_checkpoint
+from .data.manifest import Manifest
+from .errors import UserError
+from .experiment import ExperimentConfig
+from .features import cached_features, stage1_checkpoint
+from .flip_sources import FlipSource
+from .head_training import evaluate_head, train_head
+from .plots import save_figure
+from .raycluster import ensure_ray
+from .train import fit, load_splits
+
+log = logging.getLogger(__name__)
+SWEEP_FIELDS = ("threshold", "num_flips", "best_epoch", "val_balanced_acc", "val_top1", "val_many", "val_medium",
+                "val_few", "val_ece", "val_nll")  # fmt: skip
+
+
+def uses_cached_features(cfg: ExperimentConfig) -> bool:
+    return cfg.tune.cached_features == "auto" and not cfg.stage2.shift_bn
+
+
+def _labels(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
+    return {name: split.labels for name, split in load_splits(cfg).items()}
+
+
+def head_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable on cached features: one threshold, reports validation metrics every epoch."""
+    cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
+    threshold = float(config["threshold"])
+    table, _ = FlipSource(cfg).at(threshold)
+    labels = _labels(cfg)
+    features = {name: np.load(Path(cfg.run_dir) / "features" / f"{name}.npy") for name in labels}
+    classifier = load_checkpoint(stage1_checkpoint(cfg))["model"]
+    manifest = Manifest.from_labels(labels["train"], cfg.data.num_classes)
+    objective = cfg.tune.objective
+    best = {"value": -np.inf}
+
+    def report(epoch: int, metrics: dict[str, Any]) -> None:
+        best["value"] = max(best["value"], metrics[objective])
+        tune.report({"threshold": threshold, "num_flips": len(table), "epoch": epoch, "objective": metrics[objective],
+                     "best_objective": best["value"], **{f"val_{k}": v for k, v in metrics.items()}})  # fmt: skip
+
+    torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
+    train_head(
+        cfg.stage2, _epochs(cfg), manifest, features, labels, classifier, table, cfg.seed, objective, report
+    )
+
+
+def trainer_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable that runs stage 2 on Ray Train for one threshold (uncached backbone)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
+    threshold = float(config["threshold"])
+    stage2 = replace(cfg.stage2, threshold=threshold, evaluate_test=False, epochs=_epochs(cfg),
+                     checkpoint=str(stage1_checkpoint(cfg)))  # fmt: skip
+    trial = replace(cfg, stage2=stage2)
+    fit(
+        trial,
+        "stage2",
+        out=Path(cfg.run_dir) / "tune" / f"trial_t{threshold:g}",
+        callbacks=[TuneReportCallback()],
+    )
+
+
+def _epochs(cfg: ExperimentConfig) -> int:
+    return cfg.tune.epochs or cfg.stage2.epochs
+
+
+def _space(cfg: ExperimentConfig) -> tuple[Any, int, Any]:
+    t = cfg.tune
+    if t.scheduler == "grid":
+        return tune.grid_search([float(v) for v in t.thresholds]), 1, None
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration", max_t=_epochs(cfg), grace_period=1, reduction_factor=2
+    )
+    return tune.uniform(t.search_min, t.search_max), t.num_samples, scheduler
+
+
+def _trial_resources(cfg: ExperimentConfig, cached: bool) -> tuple[dict[str, float], int | None]:
+    """Resources of one trial and how many trials may run at once.
+
+    A cached-feature trial computes in its own process: it takes tune.cpus_per_trial / gpus_per_trial. A trial
+    that runs Ray Train only drives the trainer: it takes nothing itself, its workers take ray.num_workers x
+    (ray.cpus_per_worker, one GPU each with GPUs), and trials are limited to what the cluster can hold at once,
+    so that no trial waits forever for its workers.
+    """
+    if cached:
+        return {
+            "cpu": cfg.tune.cpus_per_trial,
+            "gpu": cfg.tune.gpus_per_trial,
+        }, cfg.tune.max_concurrent or None
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
+    if need > cpus:
+        raise UserError(f"a stage-2 trial needs ray.num_workers x ray.cpus_per_worker = {need} CPUs; the Ray "
+                        f"cluster has {cpus}")  # fmt: skip
+    fits = max(1, int(cpus // need))
+    return {"cpu": 0.0}, min(fits, cfg.tune.max_concurrent or fits)
+
+
+def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Sweep, pick on validation, evaluate the chosen threshold once on test, write the sweep's outputs."""
+    cfg = cfg.with_absolute_paths()
+    if cfg.stage2.method != "lnr":
+        raise UserError(f"the threshold sweep tunes LNR flips; stage2.method is {cfg.stage2.method!r}")
+    source = FlipSource(cfg)  # fails early without the inference job's outputs
+    space, num_samples, scheduler = _space(cfg)
+    lowest = min(cfg.tune.thresholds) if cfg.tune.scheduler == "grid" else cfg.tune.search_min
+    if lowest < source.lowest_threshold():
+        raise UserError(f"threshold {lowest} is below what the saved inference outputs allow "
+                        f"({source.lowest_threshold()}); save predictions or lower infer.candidates_t_min")  # fmt: skip
+    out = Path(cfg.run_dir) / "tune"
+    config_lib.save_resolved(cfg, out)
+    cached = uses_cached_features(cfg)
+    if cached:
+        cached_features(cfg)
+    ensure_ray(cfg.ray)
+    resources, concurrent = _trial_resources(cfg, cached)
+    tuner = tune.Tuner(
+        tune.with_resources(head_trial if cached else trainer_trial, resources),
+        param_space={"experiment": config_lib.to_dict(cfg), "threshold": space},
+        tune_config=tune.TuneConfig(metric="objective", mode="max", num_samples=num_samples, scheduler=scheduler,
+                                    max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name="tune", storage_path=str(Path(cfg.run_dir) / "ray"), verbose=0),
+    )  # fmt: skip
+    grid = tuner.fit()
+    if grid.errors:
+        raise RuntimeError(f"{len(grid.errors)} sweep trial(s) failed, first: {grid.errors[0]}")
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe
+        key = "objective" if "objective" in history else f"val_{cfg.tune.objective}"
+        best = history.loc[history[key].idxmax()]
+        rows.append({"threshold": float(result.config["threshold"]), "num_flips": int(best.get("num_flips", 0)),
+                     "best_epoch": int(best.get("epoch", 0)), **{f: float(best[f]) for f in SWEEP_FIELDS[3:]}})  # fmt: skip
+    rows.sort(key=lambda r: r["threshold"])
+    chosen = max(rows, key=lambda r: (r[f"val_{cfg.tune.objective}"], -r["num_flips"]))
+    final = _evaluate_chosen(cfg, chosen["threshold"], cached)
+    report = {"threshold": chosen["threshold"], "objective": f"val_{cfg.tune.objective}", "chosen": chosen,
+              "cached_features": cached, **final}  # fmt: skip
+    _write_outputs(out, rows, report)
+    storage.write_json(out / "chosen_threshold.json", report)
+    return report
+
+
+def _evaluate_chosen(cfg: ExperimentConfig, threshold: float, cached: bool) -> dict[str, Any]:
+    """The chosen threshold's model on test, once (the sweep itself never looks at test)."""
+    if not cached:
+        stage2 = replace(
+            cfg.stage2, threshold=threshold, epochs=_epochs(cfg), checkpoint=str(stage1_checkpoint(cfg))
+        )
+        results = fit(replace(cfg, stage2=stage2), "stage2", out=Path(cfg.run_dir) / "tune" / "chosen")
+        return {k: results[k] for k in ("test", "test_calibrated", "temperature")}
+    table, _ = FlipSource(cfg).at(threshold)
+    labels = _labels(cfg)
+    features = cached_features(cfg)
+    manifest = Manifest.from_labels(labels["train"], cfg.data.num_classes)
+    classifier = load_checkpoint(stage1_checkpoint(cfg))["model"]
+    result = train_head(cfg.stage2, _epochs(cfg), manifest, features, labels, classifier, table, cfg.seed,
+                        cfg.tune.objective)  # fmt: skip
+    return evaluate_head(result.head, features, labels, manifest)
+
+
+def _write_outputs(out: Path, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SWEEP_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(out / "sweep.csv", buffer.getvalue())
+    lines = [
+        "| threshold | flips | val balanced | val top-1 | val few | val ECE |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mark = " **(chosen)**" if r["threshold"] == report["threshold"] else ""
+        lines.append(f"| {r['threshold']:g}{mark} | {r['num_flips']} | {r['val_balanced_acc']:.2f} | "
+                     f"{r['val_top1']:.2f} | {r['val_few']:.2f} | {r['val_ece']:.2f} |")  # fmt: skip
+    test = report["test"]
+    lines += ["", f"Chosen on {report['objective']}: threshold {report['threshold']:g}. Test (evaluated once): "
+              f"top-1 {test['top1']:.2f}, few {test['few']:.2f}, ECE {test['ece']:.2f} "
+              f"({report['test_calibrated']['ece']:.2f} after temperature scaling)."]  # fmt: skip
+    storage.write_text(out / "sweep.md", "\n".join(lines) + "\n")
+    x = [r["threshold"] for r in rows]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
+    for axis, (key, label) in zip(axes, (("val_balanced_acc", "val balanced acc (%)"), ("val_few", "val few (%)"),
+                                         ("val_ece", "val ECE (%)"), ("num_flips", "flips")), strict=True):  # fmt: skip
+        axis.plot(x, [r[key] for r in rows], marker="o")
+        axis.axvline(report["threshold"], color="gray", linestyle="--")
+        axis.set(xlabel="threshold", ylabel=label)
+        axis.grid(alpha=0.3)
+    save_figure(fig, out / "sweep.png")
+
+
+def summary_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)

@@ -1,0 +1,115 @@
+"""Stage 2 (LNR / random / MiSLAS) and the threshold sweep, on a real local Ray cluster and the mini set."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lnr_dist.checkpoint import load_checkpoint
+from lnr_dist.data.manifest import Manifest
+from lnr_dist.flip_sources import stage2_flips
+from lnr_dist.infer import run_inference
+from lnr_dist.losses import smoothing_per_class
+from lnr_dist.recipes import build_recipe
+from lnr_dist.storage import flip_table_sha256, load_flip_table
+from lnr_dist.train import fit, load_splits
+from lnr_dist.tune import run_sweep
+
+from .conftest import mini_experiment
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+THRESHOLDS = [0.5, 1.0, 1.5, 2.5]
+
+
+@pytest.fixture(scope="module")
+def lnr_run(mini_root, tmp_path_factory, stage1_checkpoint):
+    """A run folder with the inference job's outputs (threshold 1.0, predictions and candidates saved)."""
+    cfg = mini_experiment(
+        mini_root, tmp_path_factory.mktemp("lnr"),
+        infer={"checkpoint": str(stage1_checkpoint), "threshold": 1.0, "augment": "eval", "batch_size": 96,
+               "candidates_t_min": 0.5},
+        stage2={"checkpoint": str(stage1_checkpoint), "epochs": 3, "lr": 0.05, "smooth_head": 0.3,
+                "smooth_tail": 0.0},
+        tune={"thresholds": tuple(THRESHOLDS), "epochs": 4, "cpus_per_trial": 0.5},
+    ).with_absolute_paths()  # fmt: skip
+    run_inference(cfg)
+    return cfg
+
+
+def labels_and_manifest(cfg):
+    labels = load_splits(cfg)["train"].labels
+    return labels, Manifest.from_labels(labels, 10)
+
+
+def test_stage2_changes_exactly_the_labels_in_the_flip_table(lnr_run):
+    labels, manifest = labels_and_manifest(lnr_run)
+    table = load_flip_table(lnr_run.run_dir + "/infer/flips.npz")
+    assert len(table) > 0
+    recipe = build_recipe(lnr_run, "stage2", manifest, labels)
+    import torch
+
+    mapped = recipe.label_map(torch.arange(labels.size), torch.from_numpy(labels)).numpy()
+    changed = np.flatnonzero(mapped != labels)
+    np.testing.assert_array_equal(changed, table.index)
+    np.testing.assert_array_equal(mapped[changed], table.target)
+    expected = smoothing_per_class(manifest.class_counts, 0.3, 0.0, "concave")
+    np.testing.assert_allclose(recipe.loss.epsilon.numpy(), expected, rtol=1e-6)
+    assert not any(p.requires_grad for p in recipe.model.features.parameters())
+
+
+def test_random_flips_as_many_as_lnr_toward_rarer_classes(lnr_run):
+    from dataclasses import replace
+
+    labels, manifest = labels_and_manifest(lnr_run)
+    lnr, _ = stage2_flips(lnr_run, labels)
+    random, report = stage2_flips(replace(lnr_run, stage2=replace(lnr_run.stage2, method="random")), labels)
+    assert len(random) == len(lnr) == report["num_flips"]
+    assert not np.array_equal(random.index, lnr.index)
+    counts = manifest.class_counts
+    assert np.all(counts[random.target] < counts[random.source])
+    none, report = stage2_flips(replace(lnr_run, stage2=replace(lnr_run.stage2, method="mislas")), labels)
+    assert none is None and report["num_flips"] == 0
+
+
+def test_stage2_on_ray_records_the_flip_table_it_trained_on(lnr_run):
+    results = fit(lnr_run, "stage2")
+    table = load_flip_table(lnr_run.run_dir + "/infer/flips.npz")
+    assert results["flips"]["num_flips"] == len(table)
+    assert results["flips"]["flips_sha256"] == flip_table_sha256(table)
+    state = load_checkpoint(lnr_run.stage_dir("stage2") / "checkpoints" / "best.pt")
+    assert state["results_extra"]["flips"]["flips_sha256"] == flip_table_sha256(table)
+    assert results["test"]["top1"] > 20 and results["temperature"] > 0
+    assert {"ece", "nll"} <= set(results["test_calibrated"])
+
+
+def test_sweep_writes_its_outputs_and_picks_on_validation(lnr_run):
+    report = run_sweep(lnr_run)
+    out = lnr_run.run_dir + "/tune/"
+    with open(out + "sweep.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["threshold"]) for r in rows] == THRESHOLDS
+    assert not any("test" in key for key in rows[0])  # trials never see test
+    best = max(rows, key=lambda r: (float(r["val_balanced_acc"]), -int(r["num_flips"])))
+    assert report["threshold"] == float(best["threshold"])
+    flips = [int(r["num_flips"]) for r in rows]
+    assert flips == sorted(flips, reverse=True) and flips[0] > flips[-1]
+    assert json.loads(Path(out + "chosen_threshold.json").read_text())["threshold"] == report["threshold"]
+    assert "(chosen)" in Path(out + "sweep.md").read_text()
+    with Image.open(out + "sweep.png") as image:
+        assert image.size[0] > 600 and len(set(image.convert("L").getdata())) > 10
+    assert set(report["test"]) >= {"top1", "few", "ece"}
+
+
+def test_stage2_can_use_the_tuned_threshold(lnr_run):
+    from dataclasses import replace
+
+    chosen = json.loads(Path(lnr_run.run_dir + "/tune/chosen_threshold.json").read_text())
+    labels, _ = labels_and_manifest(lnr_run)
+    tuned = replace(lnr_run, stage2=replace(lnr_run.stage2, threshold="tuned"))
+    table, report = stage2_flips(tuned, labels)
+    assert report["threshold"] == chosen["threshold"] and len(table) == chosen["chosen"]["num_flips"]
