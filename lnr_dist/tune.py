@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -109,7 +108,7 @@ def _trial_resources(cfg: ExperimentConfig, cached: bool) -> tuple[dict[str, flo
     """Resources of one trial and how many trials may run at once.
 
     A cached-feature trial computes in its own process: it takes tune.cpus_per_trial / gpus_per_trial. A trial
-    that runs Ray Train only drives the trainer: it takes nothing itself, its workers take ray.num_workers x
+    that runs Ray Train only drives the trainer: it takes next to nothing itself, its workers take ray.num_workers x
     (ray.cpus_per_worker, one GPU each with GPUs), and trials are limited to what the cluster can hold at once,
     so that no trial waits forever for its workers.
     """
@@ -124,7 +123,7 @@ def _trial_resources(cfg: ExperimentConfig, cached: bool) -> tuple[dict[str, flo
         raise UserError(f"a stage-2 trial needs ray.num_workers x ray.cpus_per_worker = {need} CPUs; the Ray "
                         f"cluster has {cpus}")  # fmt: skip
     fits = max(1, int(cpus // need))
-    return {"cpu": 0.0}, min(fits, cfg.tune.max_concurrent or fits)
+    return {"cpu": 0.01}, min(fits, cfg.tune.max_concurrent or fits)  # Tune needs a non-empty request
 
 
 def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -148,8 +147,8 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
     tuner = tune.Tuner(
         tune.with_resources(head_trial if cached else trainer_trial, resources),
         param_space={"experiment": config_lib.to_dict(cfg), "threshold": space},
-        tune_config=tune.TuneConfig(metric="objective", mode="max", num_samples=num_samples, scheduler=scheduler,
-                                    max_concurrent_trials=concurrent),
+        tune_config=tune.TuneConfig(metric="objective" if cached else f"val_{cfg.tune.objective}", mode="max", num_samples=num_samples, scheduler=scheduler,
+                                    max_concurrent_trials=concurrent, reuse_actors=cached),
         run_config=tune.RunConfig(name="tune", storage_path=str(Path(cfg.run_dir) / "ray"), verbose=0),
     )  # fmt: skip
     grid = tuner.fit()
@@ -218,7 +217,3 @@ def _write_outputs(out: Path, rows: list[dict[str, Any]], report: dict[str, Any]
         axis.set(xlabel="threshold", ylabel=label)
         axis.grid(alpha=0.3)
     save_figure(fig, out / "sweep.png")
-
-
-def summary_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2)

@@ -113,3 +113,23 @@ def test_stage2_can_use_the_tuned_threshold(lnr_run):
     tuned = replace(lnr_run, stage2=replace(lnr_run.stage2, threshold="tuned"))
     table, report = stage2_flips(tuned, labels)
     assert report["threshold"] == chosen["threshold"] and len(table) == chosen["chosen"]["num_flips"]
+
+
+def test_sweep_with_ray_train_per_trial_when_bn_is_shifted(lnr_run):
+    from dataclasses import replace
+
+    cfg = replace(
+        lnr_run,
+        stage2=replace(lnr_run.stage2, shift_bn=True, epochs=2),
+        tune=replace(lnr_run.tune, thresholds=(1.0, 2.5)),
+        ray=replace(lnr_run.ray, num_workers=1),
+    )
+    report = run_sweep(cfg)
+    assert report["cached_features"] is False
+    out = Path(lnr_run.run_dir) / "tune"
+    assert (out / "trial_t1" / "metrics.csv").is_file() and (out / "trial_t2.5" / "metrics.csv").is_file()
+    assert (
+        not (out / "trial_t1" / "results.json").read_text().count('"top1"') > 3
+    )  # no test metrics in trials
+    assert json.loads((out / "trial_t1" / "results.json").read_text())["test"] is None
+    assert report["threshold"] in (1.0, 2.5) and "top1" in report["test"]
