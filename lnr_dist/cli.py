@@ -190,21 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(check, required=True)
     check.set_defaults(func=_cmd_data_check)
 
-    stage1 = commands.add_parser("stage1", help="stage 1: train the backbone on Ray Train")
-    _add_config_args(stage1, required=True)
-    stage1.set_defaults(func=_cmd_stage1)
-
-    stage2 = commands.add_parser("stage2", help="stage 2: classifier re-training on (LNR-flipped) labels")
-    _add_config_args(stage2, required=True)
-    stage2.set_defaults(func=_cmd_stage2)
-
-    tune = commands.add_parser("tune", help="Ray Tune threshold sweep on validation")
-    _add_config_args(tune, required=True)
-    tune.set_defaults(func=_cmd_tune)
-
-    infer = commands.add_parser("infer", help="sharded two-pass inference and LNR flips on Ray Train")
-    _add_config_args(infer, required=True)
-    infer.set_defaults(func=_cmd_infer)
+    config_jobs = (
+        ("stage1", _cmd_stage1, "stage 1: train the backbone on Ray Train"),
+        ("infer", _cmd_infer, "sharded two-pass inference and LNR flips on Ray Train"),
+        ("tune", _cmd_tune, "Ray Tune threshold sweep on validation"),
+        ("stage2", _cmd_stage2, "stage 2: classifier re-training on (LNR-flipped) labels"),
+    )
+    for name, func, text in config_jobs:
+        job = commands.add_parser(name, help=text)
+        _add_config_args(job, required=True)
+        job.set_defaults(func=func)
 
     demo = commands.add_parser("demo", help="what `make demo` runs")
     demo.add_argument("--out", default="runs/demo")
