@@ -41,6 +41,12 @@ def current_context(local_rank: int = 0) -> RankContext:
     return RankContext(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank)
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if is_distributed():
+        torch_dist.barrier()
+
+
 def all_reduce_sum(array: np.ndarray) -> np.ndarray:
     """Sum an array over all ranks (exact for integer dtypes); returns a new array."""
     if not is_distributed():

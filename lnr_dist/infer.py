@@ -30,7 +30,7 @@ from .data.loader import LoaderSpec, build_loader
 from .data.manifest import GROUPS, Manifest
 from .data.sampling import shard_bounds
 from .data.splits import load_split
-from .dist import all_gather_arrays, all_reduce_sum, is_distributed
+from .dist import all_gather_arrays, all_reduce_sum, barrier
 from .experiment import ExperimentConfig
 from .faults import inject_fault
 from .flips_job import build_summary, write_flip_outputs
@@ -76,11 +76,6 @@ def run_inference(cfg: ExperimentConfig) -> dict[str, Any]:
         infer_worker, {"config": config_lib.to_dict(cfg)}, cfg.ray, "infer", Path(cfg.run_dir) / "ray"
     )
     return json.loads((out / "summary.json").read_text())
-
-
-def _barrier() -> None:
-    if is_distributed():
-        torch.distributed.barrier()
 
 
 def predict_shard(
@@ -225,4 +220,4 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
         log.info(
             "infer: %d flips at threshold %s from %d workers", len(flips), icfg.threshold, ctx.world_size
         )
-    _barrier()
+    barrier()

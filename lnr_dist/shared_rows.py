@@ -11,14 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch.distributed as torch_dist
 
-from .dist import RankContext, is_distributed
-
-
-def _barrier() -> None:
-    if is_distributed():
-        torch_dist.barrier()
+from .dist import RankContext, barrier
 
 
 def partial_path(path: Path) -> Path:
@@ -33,12 +27,12 @@ def write_shared_rows(
     if ctx.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)
-    _barrier()
+    barrier()
     target = np.lib.format.open_memmap(temp, mode="r+")
     target[start : start + len(rows)] = rows
     target.flush()
     del target
-    _barrier()
+    barrier()
     if ctx.is_main:
         temp.replace(path)
-    _barrier()
+    barrier()

@@ -25,7 +25,6 @@ import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as torch_dist
 
 from . import config as config_lib
 from . import storage
@@ -34,7 +33,7 @@ from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from .data.loader import LoaderSpec, build_loader
 from .data.manifest import Manifest
 from .data.splits import Split, load_split
-from .dist import is_distributed
+from .dist import barrier
 from .engine import collect_logits, cosine_with_warmup, evaluate, train_one_epoch
 from .errors import UserError
 from .experiment import ExperimentConfig
@@ -104,11 +103,6 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as handle:
         return [{k: (int(v) if k in ("epoch", "train_images") else float(v)) for k, v in row.items()}
                 for row in csv.DictReader(handle)]  # fmt: skip
-
-
-def _barrier() -> None:
-    if is_distributed():
-        torch_dist.barrier()
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -195,9 +189,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             val["few"], val["ece"], row["images_per_second"],
         )  # fmt: skip
         ray.train.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
-        _barrier()
+        barrier()
 
-    _barrier()
+    barrier()
     best_state = load_checkpoint(checkpoints / "best.pt")
     network = unwrap(model)
     network.load_state_dict(best_state["model"])

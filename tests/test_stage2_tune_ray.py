@@ -133,3 +133,16 @@ def test_sweep_with_ray_train_per_trial_when_bn_is_shifted(lnr_run):
     )  # no test metrics in trials
     assert json.loads((out / "trial_t1" / "results.json").read_text())["test"] is None
     assert report["threshold"] in (1.0, 2.5) and "top1" in report["test"]
+
+
+def test_asha_sweep_over_a_range(lnr_run):
+    from dataclasses import replace
+
+    cfg = replace(
+        lnr_run, tune=replace(lnr_run.tune, scheduler="asha", search_min=0.5, search_max=3.0, num_samples=4)
+    )
+    report = run_sweep(cfg)
+    with open(Path(lnr_run.run_dir) / "tune" / "sweep.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and all(0.5 <= float(r["threshold"]) <= 3.0 for r in rows)
+    assert report["threshold"] in {float(r["threshold"]) for r in rows}
