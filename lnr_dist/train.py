@@ -57,8 +57,33 @@ def load_splits(cfg: ExperimentConfig) -> dict[str, Split]:
     return {name: load_split(file, data.root, data.num_classes, name) for name, file in files.items()}
 
 
-def preflight(cfg: ExperimentConfig, stage: str) -> dict[str, Split]:
-    """Everything that can be checked without workers: split files, the model's files, batch sizes."""
+def _check_resumable(cfg: ExperimentConfig, stage: str, out: Path, flips: dict[str, Any] | None) -> None:
+    """A run resumes from last.pt only if that checkpoint was made by the same recipe: another stage section
+    (other than its epoch count), model or flip table in the same folder is an error, not a silent resume."""
+    path = out / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return
+    state = load_checkpoint(path)
+    saved, current = state["config"], config_lib.to_dict(cfg)
+    differences = [
+        f"{section}.{key}"
+        for section in (stage, "model")
+        for key in sorted(set(saved[section]) | set(current[section]))
+        if key not in ("epochs", "checkpoint") and saved[section].get(key) != current[section].get(key)
+    ]
+    saved_flips = state.get("results_extra", {}).get("flips") or {}
+    if flips is not None and saved_flips.get("flips_sha256") != flips.get("flips_sha256"):
+        differences.append("the flip table")
+    if differences:
+        raise UserError(
+            f"{path} was written by another {stage} setup ({', '.join(differences)} differ): it would be resumed. "
+            "Use another run_dir, or delete that folder to start over."
+        )
+
+
+def preflight(cfg: ExperimentConfig, stage: str, out: Path | None = None) -> dict[str, Split]:
+    """Everything that can be checked without workers: split files, the model's files, batch sizes, and that an
+    existing checkpoint in the output folder belongs to this run."""
     cfg.check_global_batch(f"{stage}.batch_size", f"{stage}.eval_batch_size")
     splits = load_splits(cfg)
     for name, split in splits.items():
@@ -68,7 +93,9 @@ def preflight(cfg: ExperimentConfig, stage: str) -> dict[str, Split]:
         if missing is not None:
             raise UserError(f"{split.where(missing)}: missing file {split.full_path(missing)} ({name} split)")
     labels = splits["train"].labels
-    build_recipe(cfg, stage, Manifest.from_labels(labels, cfg.data.num_classes), labels)
+    recipe = build_recipe(cfg, stage, Manifest.from_labels(labels, cfg.data.num_classes), labels)
+    flips = recipe.checkpoint_extra.get("results_extra", {}).get("flips")
+    _check_resumable(cfg, stage, out or cfg.stage_dir(stage), flips)
     return splits
 
 
@@ -80,8 +107,8 @@ def fit(
     `out` replaces the stage's folder <run_dir>/<stage> (sweep trials); `callbacks` go to the TorchTrainer.
     """
     cfg = cfg.with_absolute_paths()
-    preflight(cfg, stage)
     out = Path(out).resolve() if out is not None else cfg.stage_dir(stage)
+    preflight(cfg, stage, out)
     config_lib.save_resolved(cfg, out)
     loop_config = {"config": config_lib.to_dict(cfg), "stage": stage, "out": str(out)}
     name = stage if out == cfg.stage_dir(stage) else out.name

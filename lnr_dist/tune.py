@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,9 @@ def _evaluate_chosen(cfg: ExperimentConfig, threshold: float, cached: bool) -> d
         stage2 = replace(
             cfg.stage2, threshold=threshold, epochs=_epochs(cfg), checkpoint=str(stage1_checkpoint(cfg))
         )
-        results = fit(replace(cfg, stage2=stage2), "stage2", out=Path(cfg.run_dir) / "tune" / "chosen")
+        out = Path(cfg.run_dir) / "tune" / "chosen"
+        shutil.rmtree(out, ignore_errors=True)  # an earlier sweep may have chosen another threshold
+        results = fit(replace(cfg, stage2=stage2), "stage2", out=out)
         return {k: results[k] for k in ("test", "test_calibrated", "temperature")}
     table, _ = FlipSource(cfg).at(threshold)
     labels = _labels(cfg)

@@ -146,3 +146,17 @@ def test_asha_sweep_over_a_range(lnr_run):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and all(0.5 <= float(r["threshold"]) <= 3.0 for r in rows)
     assert report["threshold"] in {float(r["threshold"]) for r in rows}
+
+
+def test_another_method_in_the_same_folder_is_refused_not_resumed(lnr_run):
+    from dataclasses import replace
+
+    from lnr_dist.errors import UserError
+
+    assert (lnr_run.stage_dir("stage2") / "checkpoints" / "last.pt").is_file()
+    mislas = replace(lnr_run, stage2=replace(lnr_run.stage2, method="mislas"))
+    with pytest.raises(UserError, match=r"stage2.method.*differ.*Use another run_dir"):
+        fit(mislas, "stage2")
+    other_threshold = replace(lnr_run, stage2=replace(lnr_run.stage2, threshold=2.5))
+    with pytest.raises(UserError, match="stage2.threshold, the flip table differ"):
+        fit(other_threshold, "stage2")
