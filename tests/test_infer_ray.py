@@ -43,8 +43,7 @@ def eval_runs(mini_root, tmp_path_factory, stage1_checkpoint):
 
 
 def flips_bytes(cfg):
-    table = load_flip_table(cfg.run_dir + "/infer/flips.npz")
-    return table.index.tobytes() + table.source.tobytes() + table.target.tobytes()
+    return flips_bytes_from(cfg.run_dir + "/infer/flips.npz")
 
 
 def test_one_two_three_workers_give_the_same_flips_and_statistics(eval_runs):
