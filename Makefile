@@ -27,7 +27,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 bench: install
 	$(BIN)/python benchmarks/bench_flips.py

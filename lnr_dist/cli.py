@@ -46,14 +46,49 @@ def _cmd_flips(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_flip_demo
-    from .flips_job import format_summary
+def _print_reproduce(report: dict) -> None:
+    print(Path(report["results_md"]).read_text())
+    print(f"steps run: {len(report['ran'])}, skipped (done before): {len(report['skipped'])}")
+    print(f"results: {report['results_md']} (and {report['results_csv']})")
+    print("figures:\n" + "\n".join(f"  {path}" for path in report["figures"]))
 
-    out = Path(args.out)
-    summary = run_flip_demo(out)
-    print(format_summary(summary))
-    print(f"\nwritten: {out / 'flips' / 'flips.npz'}, {out / 'flips' / 'summary.json'}")
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiment import ExperimentConfig
+    from .reproduce.runner import reproduce, slurm_executor
+    from .reproduce.steps import StepFailed
+
+    overrides = list(args.overrides)
+    if args.methods:
+        overrides.append(f"reproduce.methods=[{args.methods}]")
+    if args.seeds is not None:
+        overrides.append(f"reproduce.seeds={args.seeds}")
+    cfg = load_config(ExperimentConfig, args.config, overrides)
+    execute = None
+    if args.cluster == "slurm":
+        from .launch.submit import LaunchOptions
+
+        execute = slurm_executor(LaunchOptions(cluster="slurm", nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                                               partition=args.partition, time_min=args.time))  # fmt: skip
+    try:
+        report = reproduce(cfg, execute)
+    except StepFailed as exc:
+        print(f"lnr-dist reproduce: {exc}", file=sys.stderr)
+        return 1
+    _print_reproduce(report)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .reproduce.steps import StepFailed
+
+    try:
+        report = run_demo(Path(args.out), args.overrides)
+    except StepFailed as exc:
+        print(f"lnr-dist demo: {exc}", file=sys.stderr)
+        return 1
+    _print_reproduce(report)
     return 0
 
 
@@ -95,11 +130,19 @@ def _load_experiment(args: argparse.Namespace):
     return load_config(ExperimentConfig, args.config, args.overrides)
 
 
-def _run_stage(args: argparse.Namespace, stage: str) -> int:
-    from .train import fit
+def _run_job(job: str, cfg):
+    """Run a config-driven job here, or, inside an sbatch template's allocation, on a Ray cluster spanning it
+    (None on the tasks that only lend their node)."""
+    from .launch.tasks import JOBS, in_sbatch_allocation, run_in_allocation
 
+    return run_in_allocation(job, cfg) if in_sbatch_allocation() else JOBS[job](cfg, None)
+
+
+def _run_stage(args: argparse.Namespace, stage: str) -> int:
     cfg = _load_experiment(args)
-    results = fit(cfg, stage)
+    results = _run_job(stage, cfg)
+    if results is None:
+        return 0
     test, calibrated = results["test"], results["test_calibrated"]
     flips = results.get("flips")
     print(
@@ -123,10 +166,10 @@ def _cmd_stage2(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .tune import run_sweep
-
     cfg = _load_experiment(args)
-    report = run_sweep(cfg)
+    report = _run_job("tune", cfg)
+    if report is None:
+        return 0
     out = Path(cfg.with_absolute_paths().run_dir) / "tune"
     print((out / "sweep.md").read_text())
     print(f"chosen threshold {report['threshold']:g} written to {out / 'chosen_threshold.json'} "
@@ -136,10 +179,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_infer(args: argparse.Namespace) -> int:
     from .flips_job import format_summary
-    from .infer import run_inference
 
     cfg = _load_experiment(args)
-    summary = run_inference(cfg)
+    summary = _run_job("infer", cfg)
+    if summary is None:
+        return 0
     print(format_summary(summary))
     print("\ngroup      before    after")
     for group, counts in summary["groups"].items():
@@ -151,6 +195,28 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     if "note" in summary:
         print(f"note: {summary['note']}")
     print(f"written: {Path(cfg.with_absolute_paths().run_dir) / 'infer'}")
+    return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from .launch.submit import JobFailed, LaunchOptions, describe, launch, wait_for
+
+    opts = LaunchOptions(
+        cluster=args.cluster, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+        partition=args.partition, time_min=args.time, mem_gb=args.mem_gb, folder=args.folder, wait=False,
+    )  # fmt: skip
+    submitted = launch(args.job, _load_experiment(args), opts)
+    for item in submitted:
+        print(describe(item))
+    if not args.wait:
+        return 0
+    try:
+        for item in submitted:
+            wait_for(item)
+            print(f"{item.name}: job {item.job.job_id} finished")
+    except JobFailed as exc:
+        print(f"lnr-dist launch: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -201,15 +267,57 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(job, required=True)
         job.set_defaults(func=func)
 
-    demo = commands.add_parser("demo", help="what `make demo` runs")
+    launch = commands.add_parser("launch", help="submit a job or the whole pipeline through submitit")
+    launch.add_argument("job", choices=("stage1", "infer", "tune", "stage2", "pipeline"))
+    launch.add_argument("--cluster", choices=("local", "slurm"), default="slurm")
+    launch.add_argument("--nodes", type=int, default=1, help="nodes of one Ray cluster (one task per node)")
+    launch.add_argument("--gpus-per-node", type=int, default=0)
+    launch.add_argument(
+        "--cpus-per-task", type=int, help="default: what the config's Ray workers need per node"
+    )
+    launch.add_argument("--partition")
+    launch.add_argument("--time", type=int, default=240, help="time limit in minutes (requeued when reached)")
+    launch.add_argument("--mem-gb", type=float)
+    launch.add_argument("--folder", help="submitit's log folder (default <run_dir>/slurm/logs)")
+    launch.add_argument(
+        "--wait", action="store_true", help="block until done; a failure shows the log's tail"
+    )
+    _add_config_args(launch, required=True)
+    launch.set_defaults(func=_cmd_launch)
+
+    reproduce = commands.add_parser("reproduce", help="every method over seeds: tables and figures")
+    reproduce.add_argument(
+        "--methods", help="comma-separated, default all: ce,mixup,mislas,lnr,random,smote,adasyn"
+    )
+    reproduce.add_argument("--seeds", type=int, help="number of seeds (experiment seed, +1, ...)")
+    reproduce.add_argument("--cluster", choices=("local", "slurm"), default="local",
+                           help="local: jobs on a local Ray cluster here; slurm: each job a SLURM job")  # fmt: skip
+    reproduce.add_argument("--nodes", type=int, default=1)
+    reproduce.add_argument("--gpus-per-node", type=int, default=0)
+    reproduce.add_argument("--partition")
+    reproduce.add_argument("--time", type=int, default=240, help="time limit per job in minutes")
+    _add_config_args(reproduce, required=True)
+    reproduce.set_defaults(func=_cmd_reproduce)
+
+    demo = commands.add_parser("demo", help="what `make demo` runs: reproduce on the bundled mini set")
     demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. reproduce.seeds=3")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow flags ("launch stage1 --config c.yaml --wait stage1.epochs=2")
+    if (
+        extra
+        and hasattr(args, "overrides")
+        and all("=" in item and not item.startswith("-") for item in extra)
+    ):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.log_level)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

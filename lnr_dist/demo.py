@@ -1,26 +1,30 @@
-"""`make demo` for now: a long-tailed synthetic prediction set through the flip engine, summarised."""
+"""`make demo`: `lnr-dist reproduce` on the bundled real mini set (scikit-learn digits, long-tailed) with the
+defaults of configs/mini.yaml, on a local Ray cluster; the mini set is built first when missing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from . import storage
-from .flips_job import FlipsConfig, run_flips
-from .synthetic import exponential_counts, long_tailed_predictions
+from .config import load_config
+from .experiment import ExperimentConfig
+
+MINI_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mini.yaml"
 
 
-def run_flip_demo(out: Path, num_classes: int = 20, threshold: float = 2.0, seed: int = 0) -> dict[str, Any]:
-    """Generate predictions (500 down to 5 samples per class), write them, run the flips job on them."""
-    probs, labels = long_tailed_predictions(exponential_counts(num_classes, 500, 5), seed=seed)
-    inputs = out / "inputs"
-    storage.write_npy(inputs / "probs.npy", probs)
-    storage.write_npy(inputs / "labels.npy", labels)
-    cfg = FlipsConfig(
-        probs=str(inputs / "probs.npy"),
-        labels=str(inputs / "labels.npy"),
-        out=str(out / "flips"),
-        threshold=threshold,
-        seed=seed,
-    )
-    return run_flips(cfg)
+def demo_config(out: Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    data = out / "mini-data"
+    paths = [f"data.root={data}", f"data.train_split={data}/Mini_LT_train.txt",
+             f"data.val_split={data}/Mini_LT_val.txt", f"data.test_split={data}/Mini_LT_test.txt",
+             f"run_dir={out / 'run'}"]  # fmt: skip
+    return load_config(ExperimentConfig, MINI_CONFIG, [*paths, *(overrides or [])])
+
+
+def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    from .data.mini import make_mini
+    from .reproduce.runner import reproduce
+
+    out = out.resolve()
+    if not (out / "mini-data" / "Mini_LT_test.txt").is_file():
+        make_mini(out / "mini-data")
+    return reproduce(demo_config(out, overrides))

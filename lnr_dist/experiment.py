@@ -108,12 +108,15 @@ class TuneConfig:
 @dataclass(frozen=True)
 class RayConfig:
     """`ray:` — workers of each Ray Train job. use_gpu null = use GPUs when CUDA is present; cpus_per_worker may
-    be fractional (more workers than cores on a laptop)."""
+    be fractional (more workers than cores on a laptop). placement_strategy: PACK fills a node first, SPREAD puts
+    workers on different nodes where it can (a multi-node allocation). address: an existing cluster (`launch`
+    sets it to the allocation's head)."""
 
     num_workers: int = 2
     cpus_per_worker: float = 1.0
     use_gpu: bool | None = None
     max_failures: int = 2
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
     address: str | None = None
 
     def __post_init__(self) -> None:
@@ -167,6 +170,53 @@ class InferConfig:
             )
 
 
+METHOD_NAMES = ("ce", "mixup", "mislas", "lnr", "random", "smote", "adasyn")
+
+
+@dataclass(frozen=True)
+class BinaryConfig:
+    """`reproduce.binary:` — the binary long-tailed task built from the mini set's images (8x8 grey pixels):
+    `majority_class` (label 0) against `minority_class` (label 1), the minority subsampled in training to
+    `ratio` x the majority count; `ratios` x `thresholds` is the heat-map sweep."""
+
+    enabled: bool = False
+    majority_class: int = 1
+    minority_class: int = 2
+    ratio: float = 0.05
+    threshold: float = 1.0
+    ratios: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    thresholds: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+    epochs: int = 200
+
+    def __post_init__(self) -> None:
+        if self.majority_class == self.minority_class:
+            raise ValueError("binary.majority_class and binary.minority_class must differ")
+        if not all(0 < r <= 1 for r in (self.ratio, *self.ratios)):
+            raise ValueError("binary ratios must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """`reproduce:` — what `lnr-dist reproduce` runs: `methods` (ce, mixup: stage 1 only; mislas, lnr, random:
+    stage 2 on the mixup backbone; smote, adasyn: oversampling of cached stage-1 features, head re-trained)
+    over `seeds` seeds (experiment seed, +1, ...). `published`: which paper numbers to print beside the table
+    (cifar10_lt, cifar100_lt, imagenet_lt, places_lt; null = none). stage2_on: `trainer` runs stage 2 of mislas,
+    lnr and random as the stage-2 job (images, Ray Train); `features` trains the same head recipe on cached
+    stage-1 features in-process (the sweep's trial recipe: much faster, features of un-augmented images)."""
+
+    methods: tuple[str, ...] = METHOD_NAMES
+    seeds: int = 1
+    published: str | None = None
+    stage2_on: Literal["trainer", "features"] = "trainer"
+    binary: BinaryConfig = field(default_factory=BinaryConfig)
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"reproduce.seeds must be >= 1, got {self.seeds}")
+        if not self.methods:
+            raise ValueError("reproduce.methods must name at least one method")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig
@@ -179,6 +229,7 @@ class ExperimentConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**31:

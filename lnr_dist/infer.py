@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 import torch.nn.functional as F
 
@@ -174,6 +175,7 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
         ]
     totals = all_reduce_sum(np.array([forwards, predict_seconds, 0.0]))
     pass_times = all_gather_arrays(np.array(pass_seconds))
+    worker_nodes = all_gather_arrays(np.array([ray.get_runtime_context().get_node_id()]))
     peak_mb = all_gather_arrays(np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]))
 
     if icfg.save_predictions:
@@ -208,6 +210,7 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
             predict_seconds_max_worker=float(totals[1]) / ctx.world_size,
             images_per_second=float(totals[0]) / max(predict_seconds, 1e-9),
             wall_seconds=time.perf_counter() - began,
+            ray_node_per_worker=[str(a[0]) for a in worker_nodes],
             peak_rss_mb_per_worker=[float(a[0]) for a in peak_mb],
             pass_seconds_per_worker=[a.tolist() for a in pass_times],
             groups={g: {"before": int(moments.counts[manifest.group_classes(g)].sum()),

@@ -33,7 +33,7 @@ from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from .data.loader import LoaderSpec, build_loader
 from .data.manifest import Manifest
 from .data.splits import Split, load_split
-from .dist import barrier
+from .dist import all_gather_arrays, barrier
 from .engine import collect_logits, cosine_with_warmup, evaluate, train_one_epoch
 from .errors import UserError
 from .experiment import ExperimentConfig
@@ -234,6 +234,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         )
         test = metrics_at(test_logits, test_labels, manifest)
         test_calibrated = metrics_at(test_logits, test_labels, manifest, temperature)
+        # every rank's test logits in one file (reliability diagrams, per-sample analysis); rank order
+        gathered_logits = all_gather_arrays(test_logits.to(torch.float16).numpy().reshape(-1))
+        gathered_labels = all_gather_arrays(test_labels.numpy())
+        if ctx.is_main:
+            storage.write_npz(
+                out / "test_logits.npz", labels=np.concatenate(gathered_labels), temperature=np.array(temperature),
+                logits=np.concatenate(gathered_logits).reshape(-1, manifest.num_classes),
+            )  # fmt: skip
     if ctx.is_main:
         val_at_best = next((r for r in rows if r["epoch"] == best["epoch"]), {})
         results = {

@@ -1,0 +1,184 @@
+"""A Ray cluster inside one SLURM allocation: task 0 starts the head, the other tasks join it, task 0's driver runs
+the job on every node's resources, and every Ray process is torn down at the end, also on failure.
+
+One task per node. Task 0 writes the head's address into `<share>/head.json` (`share` is on the shared
+filesystem); the others wait for it, join with `ray start --block` and stay until task 0 writes `done` or the
+head stops answering. Each `ray start` runs in its own process group and is killed as a group: Ray's agents
+otherwise linger and hold their ports. Each task has its own short RAY_TMPDIR (Unix socket paths are limited to
+~107 bytes) and its own port block, so that several "nodes" on one host never clash.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import storage
+
+log = logging.getLogger(__name__)
+
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",  # Ray 2.60 token auth would write a token under the home folder
+    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # a 30 s drain at teardown otherwise
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class TaskPlace:
+    """Where this task sits in the allocation."""
+
+    rank: int
+    num_tasks: int
+    job_id: str
+    cpus: int
+    gpus: int
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _port_flags(rank: int) -> list[str]:
+    """Fixed flags for every port a raylet opens: free ports now, and a private worker-port range per rank."""
+    names = ("node-manager", "object-manager", "metrics-export", "runtime-env-agent", "dashboard-agent-grpc",
+             "dashboard-agent-listen")  # fmt: skip
+    flags = [f"--{name}-port={_free_port()}" for name in names]
+    low = 20000 + 1000 * (rank % 40)
+    return [*flags, f"--min-worker-port={low}", f"--max-worker-port={low + 999}"]
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the `ray start` process gets SIGKILL when the task dies, whatever killed it."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _reachable(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+class _RayNode:
+    """One `ray start --block` in its own process group."""
+
+    def __init__(self, args: list[str], temp_dir: Path, log_path: Path) -> None:
+        shutil.rmtree(temp_dir, ignore_errors=True)  # a requeued job must not find a dead session's files
+        temp_dir.mkdir(parents=True)
+        self.temp_dir = temp_dir
+        ray = str(Path(sys.executable).with_name("ray"))
+        env = {**os.environ, **RAY_ENV, "RAY_TMPDIR": str(temp_dir)}
+        self.log_file = open(log_path, "ab")  # noqa: SIM115 (open for the node's lifetime)
+        command = [ray, "start", "--block", f"--temp-dir={temp_dir}", "--disable-usage-stats", *args]
+        log.info("starting: %s", " ".join(command))
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        self.log_file.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _wait(what: str, ready, node: _RayNode, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if not node.running():
+            raise RuntimeError(f"{what}: `ray start` exited with code {node.process.returncode}; see its log")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+@contextmanager
+def ray_allocation(place: TaskPlace, share: Path, timeout: float = 180.0) -> Iterator[str | None]:
+    """Yields the head's address on task 0 (run the driver there) and None on the others, after their node has
+    left the cluster. Everything started here is stopped on exit."""
+    share.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path("/tmp") / "lnr-ray" / f"{place.job_id}-{place.rank}"
+    resources = [f"--num-cpus={place.cpus}", f"--num-gpus={place.gpus}"]
+    head_file, done_file = share / "head.json", share / "done"
+    if place.rank == 0:
+        for stale in (head_file, done_file):
+            stale.unlink(missing_ok=True)
+        port = _free_port()
+        node = _RayNode(["--head", f"--port={port}", "--include-dashboard=false", *resources,
+                         *_port_flags(0)], temp_dir, share / "ray-head.log")  # fmt: skip
+        try:
+            address_file = temp_dir / "ray_current_cluster"  # written once the head really serves
+            _wait("Ray head", address_file.is_file, node, timeout)
+            address = address_file.read_text().strip()
+            storage.write_json(head_file, {"address": address, "job_id": place.job_id})
+            _wait_for_nodes(address, place.num_tasks, timeout)
+            yield address
+        finally:
+            _disconnect()
+            storage.write_text(done_file, "done\n")
+            node.stop()
+        return
+    deadline = time.monotonic() + timeout
+    while not head_file.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no Ray head address in {head_file} after {timeout:.0f} s")
+        time.sleep(0.2)
+    address = json.loads(head_file.read_text())["address"]
+    node = _RayNode([f"--address={address}", *resources, *_port_flags(place.rank)], temp_dir,
+                    share / f"ray-node{place.rank}.log")  # fmt: skip
+    try:
+        while node.running() and not done_file.exists() and _reachable(address):
+            time.sleep(1.0)
+        yield None
+    finally:
+        node.stop()
+
+
+def _wait_for_nodes(address: str, count: int, timeout: float) -> None:
+    """The driver starts only when every task's node has joined, so Ray Train sees all resources."""
+    import ray
+
+    os.environ.update(RAY_ENV)
+    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=True)
+    deadline = time.monotonic() + timeout
+    while sum(node["Alive"] for node in ray.nodes()) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {sum(n['Alive'] for n in ray.nodes())} of {count} Ray nodes joined")
+        time.sleep(0.5)
+    log.info("Ray cluster of %d node(s) at %s: %s", count, address, ray.cluster_resources())
+
+
+def _disconnect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

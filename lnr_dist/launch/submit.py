@@ -1,0 +1,166 @@
+"""`lnr-dist launch`: submit a job (or the whole pipeline) through submitit, to SLURM or to a local process.
+
+The config is loaded and checked here, on the submitting machine, so bad input fails before any cluster time
+is spent. The pipeline is stage1 -> infer -> tune -> stage2, chained on SLURM with `afterok` dependencies (a
+failed step cancels the rest: `kill-on-invalid-dep`), each step resumable on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import submitit
+
+from .. import config as config_lib
+from ..errors import UserError
+from ..experiment import ExperimentConfig
+from .tasks import JOBS, JobTask
+
+log = logging.getLogger(__name__)
+
+PIPELINE = ("stage1", "infer", "tune", "stage2")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Where and how a job runs. cpus_per_task None = what the config's Ray workers need per node."""
+
+    cluster: Literal["local", "slurm"] = "local"
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    partition: str | None = None
+    time_min: int = 240
+    mem_gb: float | None = None
+    folder: str | None = None
+    wait: bool = False
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.gpus_per_node < 0 or self.time_min < 1:
+            raise UserError("need --nodes >= 1, --gpus-per-node >= 0 and --time >= 1 (minutes)")
+        if self.cluster == "local" and self.nodes != 1:
+            raise UserError("--cluster local runs one process: use --nodes 1, or --cluster slurm")
+
+
+@dataclass(frozen=True)
+class Submitted:
+    name: str
+    job: submitit.Job
+
+    @property
+    def log_paths(self) -> tuple[Path, Path]:
+        return self.job.paths.stdout, self.job.paths.stderr
+
+
+def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
+    """What can fail without a cluster fails here: splits and their files, batch sizes, and the inputs a job
+    reads from earlier steps (unless the pipeline makes them)."""
+    from ..flip_sources import FlipSource
+    from ..infer import checkpoint_path
+    from ..train import preflight
+
+    if job in ("stage1", "stage2"):
+        preflight(cfg, job)
+    elif job == "infer":
+        preflight(cfg, "stage1")
+        if not checkpoint_path(cfg).is_file():
+            raise UserError(f"{checkpoint_path(cfg)} not found: run stage1 first (or set infer.checkpoint)")
+    elif job == "tune":
+        FlipSource(cfg)
+
+
+def _executor(opts: LaunchOptions, cfg: ExperimentConfig, name: str) -> submitit.AutoExecutor:
+    folder = Path(opts.folder or Path(cfg.run_dir) / "slurm" / "logs").resolve()
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=opts.cluster)
+    need = math.ceil(cfg.ray.num_workers * cfg.ray.cpus_per_worker / opts.nodes)
+    params: dict[str, Any] = {
+        "name": f"lnr-{name}",
+        "timeout_min": opts.time_min,
+        "cpus_per_task": opts.cpus_per_task or max(1, need),
+        "tasks_per_node": 1,
+    }
+    if opts.cluster == "slurm":
+        params.update(nodes=opts.nodes, gpus_per_node=opts.gpus_per_node or None, slurm_partition=opts.partition,
+                      slurm_signal_delay_s=60)  # fmt: skip
+        if opts.mem_gb:
+            params["mem_gb"] = opts.mem_gb
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return executor
+
+
+def submit(
+    job: str,
+    cfg: ExperimentConfig,
+    opts: LaunchOptions,
+    after: Submitted | None = None,
+    out: str | None = None,
+) -> Submitted:
+    executor = _executor(opts, cfg, job)
+    if after is not None:
+        executor.update_parameters(
+            slurm_additional_parameters={
+                "dependency": f"afterok:{after.job.job_id}",
+                "kill-on-invalid-dep": "yes",
+            }
+        )
+    submitted = Submitted(
+        job, executor.submit(JobTask(job, config_lib.to_dict(cfg.with_absolute_paths()), out))
+    )
+    log.info("submitted %s as job %s", job, submitted.job.job_id)
+    return submitted
+
+
+def launch(job: str, cfg: ExperimentConfig, opts: LaunchOptions) -> list[Submitted]:
+    """Check, then submit `job` (or the pipeline). With opts.wait, block until done and raise JobFailed."""
+    if job != "pipeline" and job not in JOBS:
+        raise UserError(f"unknown job {job!r}: one of {', '.join((*JOBS, 'pipeline'))}")
+    # (features is a job too: `reproduce` submits it; on its own `launch` offers the four stages and pipeline)
+    cfg = cfg.with_absolute_paths()
+    steps = PIPELINE if job == "pipeline" else (job,)
+    if job == "pipeline" and cfg.stage2.threshold is None:
+        cfg = replace(cfg, stage2=replace(cfg.stage2, threshold="tuned"))  # stage 2 uses the sweep's choice
+    check_before_submit(steps[0], cfg)
+    submitted: list[Submitted] = []
+    for step in steps:
+        if opts.cluster == "local" and submitted:
+            wait_for(submitted[-1])  # a local process has no dependencies: run the chain in order
+        submitted.append(submit(step, cfg, opts, after=submitted[-1] if submitted else None))
+    if opts.wait:
+        for item in submitted:
+            wait_for(item)
+    return submitted
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+def wait_for(item: Submitted) -> Any:
+    """The job's result (task 0's), or JobFailed naming the log with its last lines."""
+    try:
+        return item.job.results()[0]
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
+        stdout, stderr = item.log_paths
+        tail = _tail(stderr) or _tail(stdout) or str(exc)
+        raise JobFailed(
+            f"{item.name} job {item.job.job_id} failed ({item.job.state}); log: {stderr}\n--- last lines ---\n{tail}"
+        ) from exc
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def describe(item: Submitted) -> str:
+    stdout, stderr = item.log_paths
+    return (
+        f"{item.name}: job {item.job.job_id}\n  log: {stdout}\n  errors: {stderr}\n"
+        f"  follow: tail -f {stdout}   (squeue -j {item.job.job_id}; sacct -j {item.job.job_id})"
+    )

@@ -1,0 +1,168 @@
+"""The tables: results_per_seed.csv (each number as read from its method's results.json), results.csv and
+results.md (mean +- std over seeds per method), the published numbers for the dataset, the binary task."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import storage
+from ..experiment import ExperimentConfig
+from .figures import write_figures
+
+METRICS = ("top1", "many", "medium", "few", "ece", "nll")
+COLUMNS = (*METRICS, "ece_calibrated", "num_flips", "threshold")
+
+# (dataset key) -> rows of (method, top-1, ECE or None, source)
+MISLAS = "Zhong et al., Improving Calibration for Long-Tailed Recognition (MiSLAS), CVPR 2021"
+LNR = "Learning Imbalanced Data with Beneficial Label Noise (LNR), ICML 2025"
+PUBLISHED: dict[str, list[tuple[str, float, float | None, str]]] = {
+    "cifar10_lt": [("MiSLAS, ResNet-32, IF 100", 82.1, 3.66, MISLAS), ("LNR, IF 100", 83.4, None, LNR)],
+    "cifar100_lt": [("MiSLAS, ResNet-32, IF 100", 47.0, 4.83, MISLAS)],
+    "imagenet_lt": [("MiSLAS, ResNet-50", 52.7, 1.78, MISLAS)],
+    "places_lt": [("MiSLAS, ResNet-152", 40.4, 3.41, MISLAS)],
+}
+
+
+def method_row(folder: Path) -> dict[str, Any]:
+    """One method's numbers for one seed, straight from its results.json."""
+    results = json.loads((folder / "results.json").read_text())
+    if "not_applicable" in results:
+        return {"not_applicable": results["not_applicable"]}
+    test, flips = results["test"], results.get("flips") or {}
+    row = {k: float(test[k]) for k in METRICS}
+    row["ece_calibrated"] = float(results["test_calibrated"]["ece"])
+    row["num_flips"] = int(flips.get("num_flips", 0))
+    row["threshold"] = flips.get("threshold")
+    return row
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
+
+
+def aggregate(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    table = {}
+    for method, rows in per_seed.items():
+        usable = [r for r in rows if "not_applicable" not in r]
+        if not usable:
+            table[method] = {"not_applicable": rows[0]["not_applicable"], "seeds": 0}
+            continue
+        entry: dict[str, Any] = {"seeds": len(usable)}
+        for key in COLUMNS:
+            values = [r[key] for r in usable if r[key] is not None]
+            entry[key] = _mean_std(values) if values else None
+        table[method] = entry
+    return table
+
+
+def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _cell(value: tuple[float, float] | None, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    mean, std = value
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
+    root = Path(cfg.run_dir)
+    methods = list(cfg.reproduce.methods)
+    per_seed = {m: [method_row(o.methods[m]) for o in outcomes] for m in methods}
+    table = aggregate(per_seed)
+
+    seed_rows = [{"method": m, "seed": o.seed, "source": str(o.methods[m] / "results.json"), **row}
+                 for m in methods for o, row in zip(outcomes, per_seed[m], strict=True)]  # fmt: skip
+    storage.write_text(root / "results_per_seed.csv",
+                       _csv(seed_rows, ["method", "seed", *COLUMNS, "not_applicable", "source"]))  # fmt: skip
+    mean_rows = []
+    for m in methods:
+        entry = table[m]
+        row: dict[str, Any] = {
+            "method": m,
+            "seeds": entry["seeds"],
+            "not_applicable": entry.get("not_applicable"),
+        }
+        for key in COLUMNS:
+            value = entry.get(key)
+            row[f"{key}_mean"], row[f"{key}_std"] = value if value is not None else (None, None)
+        mean_rows.append(row)
+    fields = ["method", "seeds"] + [f"{k}_{s}" for k in COLUMNS for s in ("mean", "std")] + ["not_applicable"]
+    storage.write_text(root / "results.csv", _csv(mean_rows, fields))
+
+    figures = write_figures(cfg, outcomes, per_seed)
+    storage.write_text(root / "results.md", _markdown(cfg, outcomes, table, figures))
+    return {"results_md": str(root / "results.md"), "results_csv": str(root / "results.csv"),
+            "figures": [str(f) for f in figures], "table": table}  # fmt: skip
+
+
+def _markdown(
+    cfg: ExperimentConfig, outcomes: list, table: dict[str, dict[str, Any]], figures: list[Path]
+) -> str:
+    from .methods import METHODS
+
+    seeds = ", ".join(str(o.seed) for o in outcomes)
+    lines = [
+        f"# Results: {Path(cfg.data.train_split).name} ({cfg.model.arch}), seeds {seeds}",
+        "",
+        "Test split, evaluated once per method at the epoch chosen on validation. Mean ± std over seeds (std with "
+        "ddof 1; 0 for one seed). Accuracies and ECE in %, NLL in nats; ECE (T) after temperature scaling fitted "
+        "on validation. Threshold: the one the validation sweep chose.",
+        "",
+        "| method | top-1 | many | medium | few | ECE | ECE (T) | NLL | flips | threshold |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method, entry in table.items():
+        if "not_applicable" in entry:
+            lines.append(f"| {method} | n/a: {entry['not_applicable']} |" + " |" * 8)
+            continue
+        cells = [_cell(entry[k]) for k in ("top1", "many", "medium", "few", "ece", "ece_calibrated")]
+        cells += [_cell(entry["nll"], 3), _cell(entry["num_flips"], 1), _cell(entry["threshold"], 2)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Methods: " + "; ".join(f"**{m}** {METHODS[m].description}" for m in table), ""]
+    published = PUBLISHED.get(cfg.reproduce.published or "")
+    lines += ["## Published numbers", ""]
+    if published:
+        lines += ["| method | top-1 | ECE | source |", "|---|---:|---:|---|"]
+        lines += [f"| {name} | {top1:.1f} | {'–' if ece is None else f'{ece:.2f}'} | {source} |"
+                  for name, top1, ece, source in published]  # fmt: skip
+    else:
+        lines.append("None for this dataset (set `reproduce.published` to cifar10_lt, cifar100_lt, imagenet_lt or "
+                     "places_lt on those benchmarks).")  # fmt: skip
+    binary = [o.binary for o in outcomes if o.binary]
+    if binary:
+        lines += ["", _binary_markdown(binary)]
+    lines += ["", "## Figures", ""] + [f"- [{f.name}](figures/{f.name})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _binary_markdown(results: list[dict[str, Any]]) -> str:
+    first = results[0]
+    lines = [
+        f"## Binary task: digit {first['classes']['majority']} (majority) vs {first['classes']['minority']} "
+        f"(minority at ratio {first['ratio']:g}), threshold {first['threshold']:g}",
+        "",
+        "| method | minority recall | majority recall | balanced acc | flips |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method in first["comparison"]:
+        rows = [r["comparison"][method] for r in results if "not_applicable" not in r["comparison"][method]]
+        if not rows:
+            lines.append(f"| {method} | n/a: {first['comparison'][method]['not_applicable']} | | | |")
+            continue
+        cells = [_cell(_mean_std([r[k] for r in rows]), 1)
+                 for k in ("minority_recall", "majority_recall", "balanced_acc", "flips")]  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
