@@ -21,8 +21,8 @@ from .data.sampling import balanced_order, instance_order
 from .engine import cosine_with_warmup
 from .experiment import Stage2Config
 from .lnr import FlipTable
-from .losses import LabelAwareSmoothing, smoothing_per_class
 from .models import LearnableWeightScaling
+from .recipes import head_param_groups, stage2_loss
 
 
 class Head(nn.Module):
@@ -67,17 +67,14 @@ def train_head(
     x, y = torch.from_numpy(features["train"]), torch.from_numpy(targets)
     x_val, y_val = torch.from_numpy(features["val"]), torch.from_numpy(labels["val"])
     head = Head(classifier["classifier.weight"], classifier["classifier.bias"], s2.lws)
-    groups = [{"params": list(head.classifier.parameters()), "lr": s2.lr * s2.lr_factor}]
-    if s2.lws:
-        groups.append({"params": list(head.scaling.parameters()), "lr": s2.lr})
+    groups = head_param_groups(s2, head.classifier, head.scaling if s2.lws else None)
     optimizer = torch.optim.SGD(groups, lr=s2.lr, momentum=s2.momentum, weight_decay=s2.weight_decay,
                                 nesterov=s2.nesterov)  # fmt: skip
     steps = math.ceil(len(y) / s2.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(steps * epochs, steps * s2.warmup_epochs)
     )
-    loss_fn = LabelAwareSmoothing(smoothing_per_class(manifest.class_counts, s2.smooth_head, s2.smooth_tail,
-                                                      s2.smooth_profile))  # fmt: skip
+    loss_fn = stage2_loss(s2, manifest)
     result = HeadResult(head, -1, {objective: -math.inf})
     best_state = copy.deepcopy(head.state_dict())
     for epoch in range(epochs):

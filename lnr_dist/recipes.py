@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoint import load_model
 from .data.manifest import Manifest
 from .engine import LabelMap
-from .experiment import ExperimentConfig, TrainConfig
+from .experiment import ExperimentConfig, Stage2Config, TrainConfig
 from .flip_sources import stage2_flips
 from .losses import CrossEntropy, LabelAwareSmoothing, smoothing_per_class
 from .models import Network, build_model
@@ -38,6 +38,23 @@ def stage1_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.nd
     return Recipe(model, [{"params": params, "lr": cfg.stage1.lr}], CrossEntropy(), cfg.stage1)
 
 
+def head_param_groups(
+    s2: Stage2Config, classifier: nn.Module, scaling: nn.Module | None
+) -> list[dict[str, Any]]:
+    """Stage 2's optimizer groups: the classifier at lr_factor * lr, the weight scaling (LWS) at lr."""
+    groups = [{"params": list(classifier.parameters()), "lr": s2.lr * s2.lr_factor}]
+    if scaling is not None:
+        groups.append({"params": list(scaling.parameters()), "lr": s2.lr})
+    return groups
+
+
+def stage2_loss(s2: Stage2Config, manifest: Manifest) -> LabelAwareSmoothing:
+    """Label-aware smoothing from smooth_tail (rarest class) to smooth_head (largest) along smooth_profile."""
+    return LabelAwareSmoothing(
+        smoothing_per_class(manifest.class_counts, s2.smooth_head, s2.smooth_tail, s2.smooth_profile)
+    )
+
+
 def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
     """Stage 2: the stage-1 network with frozen features (+ optional BN shift), classifier + LWS retrained with
     label-aware smoothing on class-balanced batches, labels replaced through the method's flip table."""
@@ -45,11 +62,9 @@ def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.nd
     path = Path(s2.checkpoint) if s2.checkpoint else cfg.stage_dir("stage1") / "checkpoints" / "best.pt"
     model = load_model(cfg.model, manifest.num_classes, path)
     model.freeze_features(shift_bn=s2.shift_bn)
-    groups = [{"params": list(model.classifier.parameters()), "lr": s2.lr * s2.lr_factor}]
     if s2.lws:
         model.enable_weight_scaling()
-        groups.append({"params": list(model.scaling.parameters()), "lr": s2.lr})
-    epsilon = smoothing_per_class(manifest.class_counts, s2.smooth_head, s2.smooth_tail, s2.smooth_profile)
+    groups = head_param_groups(s2, model.classifier, model.scaling if s2.lws else None)
     table, report = stage2_flips(cfg, train_labels)
     label_map = None
     if table is not None:
@@ -58,7 +73,7 @@ def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.nd
             return torch.from_numpy(table.apply(indices.numpy(), labels.numpy()))
 
     return Recipe(
-        model, groups, LabelAwareSmoothing(epsilon), s2, s2.balanced_sampling, label_map,
+        model, groups, stage2_loss(s2, manifest), s2, s2.balanced_sampling, label_map,
         {"results_extra": {"flips": report, "stage1_checkpoint": str(path)}},
     )  # fmt: skip
 

@@ -117,18 +117,19 @@ def _markdown(
     lines = [
         f"# Results: {Path(cfg.data.train_split).name} ({cfg.model.arch}), seeds {seeds}",
         "",
-        "Test split, evaluated once per method at the epoch chosen on validation. Mean ± std over seeds (std with "
-        "ddof 1; 0 for one seed). Accuracies and ECE in %, NLL in nats; ECE (T) after temperature scaling fitted "
+        "Test split, evaluated once per method at the epoch chosen on validation. Mean ± std over the seeds where "
+        "the method applies (column seeds; std with ddof 1, 0 for one seed). Accuracies and ECE in %, NLL in nats; ECE (T) after temperature scaling fitted "
         "on validation. Threshold: the one the validation sweep chose.",
         "",
-        "| method | top-1 | many | medium | few | ECE | ECE (T) | NLL | flips | threshold |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | seeds | top-1 | many | medium | few | ECE | ECE (T) | NLL | flips | threshold |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method, entry in table.items():
         if "not_applicable" in entry:
-            lines.append(f"| {method} | n/a: {entry['not_applicable']} |" + " |" * 8)
+            lines.append(f"| {method} | 0 | n/a: {entry['not_applicable']} |" + " |" * 8)
             continue
-        cells = [_cell(entry[k]) for k in ("top1", "many", "medium", "few", "ece", "ece_calibrated")]
+        cells = [str(entry["seeds"])] + [_cell(entry[k]) for k in ("top1", "many", "medium", "few", "ece",
+                                                                     "ece_calibrated")]  # fmt: skip
         cells += [_cell(entry["nll"], 3), _cell(entry["num_flips"], 1), _cell(entry["threshold"], 2)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Methods: " + "; ".join(f"**{m}** {METHODS[m].description}" for m in table), ""]
@@ -154,15 +155,15 @@ def _binary_markdown(results: list[dict[str, Any]]) -> str:
         f"## Binary task: digit {first['classes']['majority']} (majority) vs {first['classes']['minority']} "
         f"(minority at ratio {first['ratio']:g}), threshold {first['threshold']:g}",
         "",
-        "| method | minority recall | majority recall | balanced acc | flips |",
-        "|---|---:|---:|---:|---:|",
+        "| method | seeds | minority recall | majority recall | balanced acc | flips |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for method in first["comparison"]:
         rows = [r["comparison"][method] for r in results if "not_applicable" not in r["comparison"][method]]
         if not rows:
-            lines.append(f"| {method} | n/a: {first['comparison'][method]['not_applicable']} | | | |")
+            lines.append(f"| {method} | 0 | n/a: {first['comparison'][method]['not_applicable']} | | | |")
             continue
-        cells = [_cell(_mean_std([r[k] for r in rows]), 1)
-                 for k in ("minority_recall", "majority_recall", "balanced_acc", "flips")]  # fmt: skip
+        cells = [str(len(rows))] + [_cell(_mean_std([r[k] for r in rows]), 1)
+                                    for k in ("minority_recall", "majority_recall", "balanced_acc", "flips")]  # fmt: skip
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

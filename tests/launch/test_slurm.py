@@ -123,26 +123,43 @@ def test_two_node_allocation_runs_inference_with_the_flips_of_a_local_run(
     assert summary["num_flips"] > 0
 
 
-def test_requeued_training_resumes_from_its_checkpoint(slurm_cluster, mini_root, tmp_path):
-    cfg = mini_experiment(mini_root, tmp_path / "run", stage1={"epochs": 5})
+def test_preempted_and_requeued_training_resumes_from_its_checkpoints(slurm_cluster, mini_root, tmp_path):
+    """First a preemption signal (USR2, what SLURM sends before a time limit or a preemption): submitit calls
+    JobTask.checkpoint() and requeues the job; then `scontrol requeue`. Each time it resumes from last.pt."""
+    cfg = mini_experiment(mini_root, tmp_path / "run", stage1={"epochs": 6})
     [item] = launch("stage1", cfg, LaunchOptions(cluster="slurm"))
-    last = tmp_path / "run" / "stage1" / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not (last.is_file() and len(_epochs(tmp_path)) >= 2):
-        assert time.monotonic() < deadline and not item.job.done(), item.job.paths.stderr.read_text()[-3000:]
-        time.sleep(0.5)
-    slurm("scontrol", "requeue", item.job.job_id)
-    # SLURM holds a requeued job back for ~2 minutes (BeginTime); let it start again at once
-    while slurm("squeue", "-h", "-j", item.job.job_id, "-o", "%T").strip() != "PENDING":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    slurm("scontrol", "update", f"jobid={item.job.job_id}", "StartTime=now")
+    job_id = item.job.job_id
+    deadline = time.monotonic() + 400
+
+    def interrupt_after(epochs: int, *command: str) -> None:
+        while len(_epochs(tmp_path)) < epochs:
+            assert time.monotonic() < deadline and not item.job.done(), item.job.paths.stderr.read_text()[
+                -3000:
+            ]
+            time.sleep(0.5)
+        runs = _log(item).count("Starting with JobEnvironment")
+        slurm(*command)
+        # SLURM holds a requeued job back for ~2 minutes (BeginTime); let it start again at once
+        while not (slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() == "PENDING" or
+                   _log(item).count("Starting with JobEnvironment") > runs):  # fmt: skip
+            assert time.monotonic() < deadline, _log(item)[-3000:]
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
+
+    interrupt_after(2, "scancel", "--signal=USR2", job_id)
+    interrupt_after(4, "scontrol", "requeue", job_id)
     results = wait_for(item)
-    assert results["epochs"] == 5
-    assert _epochs(tmp_path) == [0, 1, 2, 3, 4]  # every epoch once: none redone before the checkpoint
-    logs = item.job.paths.stdout.read_text() + item.job.paths.stderr.read_text()
-    assert logs.count("Starting with JobEnvironment") == 2  # the same job id ran twice
-    assert "resumed stage1 from" in logs
+    assert results["epochs"] == 6
+    assert _epochs(tmp_path) == [0, 1, 2, 3, 4, 5]  # every epoch once: none redone before a checkpoint
+    logs = _log(item)
+    assert logs.count("Starting with JobEnvironment") == 3  # the same job id ran three times
+    assert "job interrupted (preemption or time limit): requeued" in logs  # JobTask.checkpoint()
+    assert logs.count("resumed stage1 from") == 2
+
+
+def _log(item) -> str:
+    paths = item.job.paths
+    return "".join(p.read_text() for p in (paths.stdout, paths.stderr) if p.is_file())
 
 
 def _epochs(run: Path) -> list[int]:
