@@ -143,6 +143,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     splits = load_splits(cfg)
     manifest = Manifest.from_labels(splits["train"].labels, cfg.data.num_classes)
+    torch.manual_seed(cfg.seed)  # the initial weights (rank 0's reach every rank through DDP) follow the seed
     recipe = build_recipe(cfg, stage, manifest, splits["train"].labels)
     train_cfg = recipe.train
     per_worker = train_cfg.batch_size // ctx.world_size

@@ -96,6 +96,19 @@ def test_interrupted_run_resumes_with_its_optimizer_state(mini_root, tmp_path, r
     assert results["epochs"] == 4
 
 
+def test_the_seed_decides_the_run(mini_root, tmp_path, ray_session):
+    """Same seed, same training to the bit (initial weights, order, augmentation, mixup); another seed differs."""
+
+    def weights(run: str, seed: int) -> dict[str, torch.Tensor]:
+        cfg = mini_experiment(mini_root, tmp_path / run, seed=seed, stage1={"epochs": 1, "warmup_epochs": 0})
+        fit(cfg.with_absolute_paths(), "stage1")
+        return load_checkpoint(tmp_path / run / "stage1" / "checkpoints" / "last.pt")["model"]
+
+    first, again, other = weights("a", 0), weights("b", 0), weights("c", 1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def test_worker_that_raises_is_restarted_by_ray(mini_root, tmp_path, ray_session):
     cfg = mini_experiment(
         mini_root,
