@@ -64,9 +64,13 @@ def _port_flags(rank: int) -> list[str]:
     return [*flags, f"--min-worker-port={low}", f"--max-worker-port={low + 999}"]
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the `ray start` process gets SIGKILL when the task dies, whatever killed it."""
+def _ray_node_preexec() -> None:
+    """preexec_fn of `ray start`: SIGKILL when the task dies, whatever killed it; and SIGUSR2 ignored (inherited
+    by the raylet and every Ray worker). SLURM sends the preemption/time-limit signal to EVERY process of the step;
+    it is meant for submitit's handler in the driver, which checkpoints and requeues, while its default action
+    would kill the Ray processes first and fail the job instead."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def _reachable(address: str) -> bool:
@@ -92,7 +96,7 @@ class _RayNode:
         log.info("starting: %s", " ".join(command))
         self.process = subprocess.Popen(
             command, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_ray_node_preexec,
         )  # fmt: skip
 
     def running(self) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -139,9 +141,30 @@ class JobFailed(RuntimeError):
     pass
 
 
+# squeue states of a job that SLURM will still run (or is running); a requeued job passes through them
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "COMPLETING", "CONFIGURING", "SUSPENDED",
+          "RESIZING", "SIGNALING", "STAGE_OUT"}  # fmt: skip
+
+
+def queue_state(job_id: str) -> str | None:
+    """The job's state in squeue; None once SLURM has forgotten it."""
+    found = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
+
+
+def _wait_in_queue(job: submitit.Job) -> None:
+    """While a job is requeued (preemption, time limit, `scontrol requeue`), sacct briefly reports the interrupted
+    attempt as FAILED and submitit would take that as the end; the queue says whether SLURM runs it again."""
+    while queue_state(job.job_id) in ACTIVE:
+        time.sleep(2.0)
+    job.watcher.clear()  # forget states read while the job was being requeued
+
+
 def wait_for(item: Submitted) -> Any:
     """The job's result (task 0's), or JobFailed naming the log with its last lines."""
     try:
+        if isinstance(item.job, submitit.SlurmJob):
+            _wait_in_queue(item.job)
         return item.job.results()[0]
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
         stdout, stderr = item.log_paths
