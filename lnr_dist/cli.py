@@ -203,7 +203,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
     opts = LaunchOptions(
         cluster=args.cluster, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
-        partition=args.partition, time_min=args.time, mem_gb=args.mem_gb, folder=args.folder, wait=False,
+        partition=args.partition, time_min=args.time, mem_gb=args.mem_gb, folder=args.folder,
     )  # fmt: skip
     submitted = launch(args.job, _load_experiment(args), opts)
     for item in submitted:

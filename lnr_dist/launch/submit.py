@@ -39,7 +39,6 @@ class LaunchOptions:
     time_min: int = 240
     mem_gb: float | None = None
     folder: str | None = None
-    wait: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 0 or self.time_min < 1:
@@ -117,7 +116,7 @@ def submit(
 
 
 def launch(job: str, cfg: ExperimentConfig, opts: LaunchOptions) -> list[Submitted]:
-    """Check, then submit `job` (or the pipeline). With opts.wait, block until done and raise JobFailed."""
+    """Check, then submit `job` (or the pipeline); `wait_for` each returned job to block until it is done."""
     if job != "pipeline" and job not in JOBS:
         raise UserError(f"unknown job {job!r}: one of {', '.join((*JOBS, 'pipeline'))}")
     # (features is a job too: `reproduce` submits it; on its own `launch` offers the four stages and pipeline)
@@ -131,9 +130,6 @@ def launch(job: str, cfg: ExperimentConfig, opts: LaunchOptions) -> list[Submitt
         if opts.cluster == "local" and submitted:
             wait_for(submitted[-1])  # a local process has no dependencies: run the chain in order
         submitted.append(submit(step, cfg, opts, after=submitted[-1] if submitted else None))
-    if opts.wait:
-        for item in submitted:
-            wait_for(item)
     return submitted
 
 

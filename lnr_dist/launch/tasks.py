@@ -76,9 +76,8 @@ def allocation_place() -> TaskPlace:
     )
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     gpus = len([d for d in visible.split(",") if d.strip()])
-    attempt = os.environ.get(
-        "SLURM_RESTART_COUNT", "0"
-    )  # a requeued job must not meet its last attempt's Ray
+    # a requeued job must not meet its last attempt's Ray: each attempt has its own folders
+    attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
     job_id = f"{os.environ['SLURM_JOB_ID']}.{attempt}"
     return TaskPlace(int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), job_id, cpus, gpus)
 
