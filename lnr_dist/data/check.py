@@ -28,6 +28,42 @@ def decode_problem(path: Path) -> str | None:
     return None
 
 
+# Leading bytes of the formats DALI decodes, and for JPEG/PNG the bytes every complete file ends with.
+_MAGIC = {
+    "JPEG": b"\xff\xd8\xff",
+    "PNG": b"\x89PNG\r\n\x1a\n",
+    "BMP": b"BM",
+    "TIFF": b"II*\x00",
+    "TIFF (big-endian)": b"MM\x00*",
+    "WebP": b"RIFF",
+    "JPEG 2000": b"\x00\x00\x00\x0cjP  ",
+}
+_TRAILER = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 64  # a complete JPEG may carry a few padding bytes after its end marker
+
+
+def structure_problem(path: Path) -> str | None:
+    """A cheap look (first and last bytes, no decoding) for the usual damage: an empty or truncated file, or
+    one that is no image. None when it looks whole; may flag a valid file with unusual padding, so callers
+    confirm with `decode_problem`."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            head = file.read(12)
+            file.seek(max(size - _TAIL_BYTES, 0))
+            tail = file.read()
+    except OSError as exc:
+        return f"cannot read {path}: {exc}"
+    if size == 0:
+        return f"empty file {path.name}"
+    kind = next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        return f"{path.name} does not start like a JPEG, PNG, BMP, TIFF, WebP or JPEG 2000 image"
+    if kind in _TRAILER and _TRAILER[kind] not in tail:
+        return f"{path.name} is a truncated {kind} (no end marker)"
+    return None
+
+
 def check_data(cfg: DataConfig, decode: bool = False, progress: bool = False) -> list[SplitProblem]:
     """Every problem in the three splits: format, labels, duplicates (also across splits), missing files and,
     with `decode`, images that do not decode."""

@@ -17,6 +17,8 @@ class DataConfig:
     eval centre crop; eval first resizes the shorter side to `resize_size` (default image_size / 0.875, the
     224/256 convention). Train crops are Inception-style random resized crops (area in [crop_scale_min, 1]),
     or, with `train_crop: padded`, the CIFAR recipe: zero-pad by `crop_padding` and crop at random.
+    `dali_precheck`: before the first DALI pipeline, look at the first and last bytes of every file (spread
+    over the ranks) for empty, truncated or non-image files, which DALI's CPU decoder may crash on.
     """
 
     root: str
@@ -34,6 +36,7 @@ class DataConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     skip_corrupt: bool = False
+    dali_precheck: bool = True
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:

@@ -22,7 +22,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from ..errors import UserError
-from .check import decode_problem
+from .check import decode_problem, structure_problem
 from .loader import Batch, BatchLoader
 from .sampling import balanced_order, shard_bounds, shard_of
 
@@ -102,6 +102,24 @@ class DaliLoader(BatchLoader):
         self._iterator: DALIGenericIterator | None = None
         self._built_epoch = -1
         self._needs_reset = False
+        self._checked = not self.cfg.dali_precheck
+
+    def _check_files(self) -> None:
+        """DALI 2.4's CPU decoder can crash the process (SIGSEGV) on an undecodable image instead of raising, so
+        before the first pipeline each rank looks at its 1/world_size of the split (together: all of it, as
+        shuffled epochs move every file through every rank) for truncated, empty or non-image files."""
+        bad = []
+        for i in range(self.ctx.rank, len(self.split), self.ctx.world_size):
+            path = Path(self.split.full_path(i))
+            if structure_problem(path) is not None and (reason := decode_problem(path)) is not None:
+                bad.append((i, reason))
+        if bad:
+            listed = "\n".join(f"{self.split.where(i)}: {why} ({self.split.full_path(i)})" for i, why in bad)
+            raise UserError(
+                f"{len(bad)} image(s) would stop the DALI loader (fix or drop them, or use loader: torch with "
+                f"skip_corrupt: true):\n{listed}"
+            )
+        self._checked = True
 
     def _reader_plan(self) -> tuple[np.ndarray, int, int, bool]:
         """(global or pre-sharded order, shard_id, num_shards, reshuffle) for the current epoch."""
@@ -115,6 +133,8 @@ class DaliLoader(BatchLoader):
         return np.arange(num), self.ctx.rank, self.ctx.world_size, False
 
     def _build(self) -> DALIGenericIterator:
+        if not self._checked:
+            self._check_files()
         order, shard_id, num_shards, shuffle = self._reader_plan()
         cfg = self.cfg
         pipe = _pipeline(

@@ -3,6 +3,7 @@ class-balanced sampling and undecodable images. DALI runs for real, on the CPU (
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from lnr_dist.data.check import structure_problem
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.splits import load_split
 from lnr_dist.dist import RankContext
@@ -140,6 +142,56 @@ def test_undecodable_image_is_an_error_naming_file_and_line(corrupt_root, loader
     cfg = mini_data_config(root, loader=loader)
     with pytest.raises(UserError, match=rf"Mini_LT_val.txt:4: cannot decode image .*{bad}"):
         epoch_batches(cfg, split_of(cfg, "val"), LoaderSpec.evaluate(32), 0, 1)
+
+
+@pytest.mark.dali
+@pytest.mark.parametrize("damage", ["empty", "garbage"])
+def test_dali_names_empty_and_non_image_files_before_decoding(tmp_path, mini_root, damage):
+    # Without the check DALI 2.4 dies with SIGSEGV on such files (seen in CI), or says "File mapping failed".
+    root = tmp_path / "damaged"
+    shutil.copytree(mini_root, root)
+    bad = (root / "Mini_LT_val.txt").read_text().splitlines()[6].rsplit(" ", 1)[0]
+    size = (root / bad).stat().st_size
+    (root / bad).write_bytes(b"" if damage == "empty" else np.random.default_rng(0).bytes(size))
+    cfg = mini_data_config(root, loader="dali")
+    with pytest.raises(
+        UserError, match=rf"would stop the DALI loader(.|\n)*Mini_LT_val.txt:7: cannot decode .*{bad}"
+    ):
+        epoch_batches(cfg, split_of(cfg, "val"), LoaderSpec.evaluate(32), 0, 1)
+
+
+@pytest.mark.dali
+def test_dali_check_lets_a_whole_jpeg_with_padding_through(tmp_path, mini_root):
+    root = tmp_path / "padded"
+    shutil.copytree(mini_root, root)
+    padded = (root / "Mini_LT_val.txt").read_text().splitlines()[0].rsplit(" ", 1)[0]
+    (root / padded).write_bytes((root / padded).read_bytes() + bytes(200))  # the end marker is now far back
+    assert structure_problem(root / padded) is not None  # the cheap look flags it, the decode clears it
+    cfg = mini_data_config(root, loader="dali")
+    split = split_of(cfg, "val")
+    batches = epoch_batches(cfg, split, LoaderSpec.evaluate(32), 0, 1)
+    assert sum(len(b.indices) for b in batches) == len(split)
+
+
+def test_structure_check_spots_truncated_empty_and_foreign_files(tmp_path):
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(jpeg, "JPEG")
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(png, "PNG")
+    files = {
+        "whole.jpg": jpeg.getvalue(),
+        "whole.png": png.getvalue(),
+        "cut.jpg": jpeg.getvalue()[:-40],
+        "cut.png": png.getvalue()[:-5],
+        "empty.jpg": b"",
+        "text.jpg": b"<html>not found</html>",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    found = {name: structure_problem(tmp_path / name) for name in files}
+    assert found["whole.jpg"] is None and found["whole.png"] is None
+    assert "truncated JPEG" in found["cut.jpg"] and "truncated PNG" in found["cut.png"]
+    assert "empty file" in found["empty.jpg"] and "does not start like" in found["text.jpg"]
+    assert "cannot read" in structure_problem(tmp_path / "missing.jpg")
 
 
 def test_skip_corrupt_skips_counts_and_lists(corrupt_root):
