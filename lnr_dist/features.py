@@ -8,6 +8,7 @@ so a new stage-1 checkpoint invalidates the cache.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ import torch
 
 from . import config as config_lib
 from . import storage
-from .checkpoint import load_model
+from .checkpoint import load_checkpoint, load_model
 from .data.loader import LoaderSpec, build_loader
+from .data.manifest import Manifest
 from .data.sampling import shard_bounds
 from .experiment import ExperimentConfig
 from .raycluster import run_workers, worker_setup
@@ -55,6 +57,30 @@ def cached_features(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
         )
         storage.write_json(meta, {"checkpoint": str(checkpoint), "checkpoint_sha256": sha})
     return {name: np.load(folder / f"{name}.npy") for name in SPLITS}
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """What training a classifier head on cached features starts from (sweep trials, the chosen threshold,
+    reproduce's feature-space methods)."""
+
+    features: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    manifest: Manifest
+    classifier: dict[str, torch.Tensor]  # the stage-1 weights the head starts from
+
+
+def head_inputs(cfg: ExperimentConfig, extract: bool = True) -> HeadInputs:
+    """Features (extracted first unless `extract` is False: a sweep trial reads what the driver wrote), labels,
+    manifest and stage-1 classifier."""
+    cfg = cfg.with_absolute_paths()
+    if extract:
+        features = cached_features(cfg)
+    else:
+        features = {name: np.load(features_dir(cfg) / f"{name}.npy") for name in SPLITS}
+    labels = {name: split.labels for name, split in load_splits(cfg).items()}
+    manifest = Manifest.from_labels(labels["train"], cfg.data.num_classes)
+    return HeadInputs(features, labels, manifest, load_checkpoint(stage1_checkpoint(cfg))["model"])
 
 
 @torch.inference_mode()

@@ -27,16 +27,14 @@ from ray.tune.schedulers import ASHAScheduler
 
 from . import config as config_lib
 from . import storage
-from .checkpoint import load_checkpoint
-from .data.manifest import Manifest
 from .errors import UserError
 from .experiment import ExperimentConfig
-from .features import cached_features, stage1_checkpoint
+from .features import cached_features, head_inputs, stage1_checkpoint
 from .flip_sources import FlipSource
 from .head_training import evaluate_head, train_head
 from .plots import save_figure
 from .raycluster import ensure_ray
-from .train import fit, load_splits
+from .train import fit
 
 log = logging.getLogger(__name__)
 SWEEP_FIELDS = ("threshold", "num_flips", "best_epoch", "val_balanced_acc", "val_top1", "val_many", "val_medium",
@@ -47,19 +45,12 @@ def uses_cached_features(cfg: ExperimentConfig) -> bool:
     return cfg.tune.cached_features == "auto" and not cfg.stage2.shift_bn
 
 
-def _labels(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
-    return {name: split.labels for name, split in load_splits(cfg).items()}
-
-
 def head_trial(config: dict[str, Any]) -> None:
     """Tune function trainable on cached features: one threshold, reports validation metrics every epoch."""
     cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
     threshold = float(config["threshold"])
     table, _ = FlipSource(cfg).at(threshold)
-    labels = _labels(cfg)
-    features = {name: np.load(Path(cfg.run_dir) / "features" / f"{name}.npy") for name in labels}
-    classifier = load_checkpoint(stage1_checkpoint(cfg))["model"]
-    manifest = Manifest.from_labels(labels["train"], cfg.data.num_classes)
+    inputs = head_inputs(cfg, extract=False)
     objective = cfg.tune.objective
     best = {"value": -np.inf}
 
@@ -69,9 +60,8 @@ def head_trial(config: dict[str, Any]) -> None:
                      "best_objective": best["value"], **{f"val_{k}": v for k, v in metrics.items()}})  # fmt: skip
 
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
-    train_head(
-        cfg.stage2, _epochs(cfg), manifest, features, labels, classifier, table, cfg.seed, objective, report
-    )
+    train_head(cfg.stage2, _epochs(cfg), inputs.manifest, inputs.features, inputs.labels, inputs.classifier,
+               table, cfg.seed, objective, report)  # fmt: skip
 
 
 def trainer_trial(config: dict[str, Any]) -> None:
@@ -183,13 +173,10 @@ def _evaluate_chosen(cfg: ExperimentConfig, threshold: float, cached: bool) -> d
         results = fit(replace(cfg, stage2=stage2), "stage2", out=out)
         return {k: results[k] for k in ("test", "test_calibrated", "temperature")}
     table, _ = FlipSource(cfg).at(threshold)
-    labels = _labels(cfg)
-    features = cached_features(cfg)
-    manifest = Manifest.from_labels(labels["train"], cfg.data.num_classes)
-    classifier = load_checkpoint(stage1_checkpoint(cfg))["model"]
-    result = train_head(cfg.stage2, _epochs(cfg), manifest, features, labels, classifier, table, cfg.seed,
-                        cfg.tune.objective)  # fmt: skip
-    return evaluate_head(result.head, features, labels, manifest)
+    inputs = head_inputs(cfg)
+    result = train_head(cfg.stage2, _epochs(cfg), inputs.manifest, inputs.features, inputs.labels,
+                        inputs.classifier, table, cfg.seed, cfg.tune.objective)  # fmt: skip
+    return evaluate_head(result.head, inputs.features, inputs.labels, inputs.manifest)
 
 
 def _write_outputs(out: Path, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:

@@ -17,12 +17,9 @@ import numpy as np
 import torch
 
 from .. import storage
-from ..checkpoint import load_checkpoint
-from ..data.manifest import Manifest
 from ..experiment import ExperimentConfig
-from ..features import cached_features, stage1_checkpoint
+from ..features import head_inputs
 from ..head_training import evaluate_head, train_head
-from ..train import load_splits
 
 
 class NotApplicable(RuntimeError):
@@ -59,9 +56,8 @@ def head_method(cfg: ExperimentConfig, method: str, folder: Path) -> dict[str, A
     from ..flip_sources import stage2_flips
 
     cfg = cfg.with_absolute_paths()
-    features = cached_features(cfg)
-    labels = {name: split.labels for name, split in load_splits(cfg).items()}
-    manifest = Manifest.from_labels(labels["train"], cfg.data.num_classes)
+    inputs = head_inputs(cfg)
+    features, labels, manifest = inputs.features, inputs.labels, inputs.manifest
     train_x, train_y, flips, extra = features["train"], labels["train"], None, {}
     recipe = cfg.stage2
     if method in ("smote", "adasyn"):
@@ -77,9 +73,8 @@ def head_method(cfg: ExperimentConfig, method: str, folder: Path) -> dict[str, A
         threshold = None if method == "mislas" else "tuned"
         flips, extra["flips"] = stage2_flips(replace(cfg, stage2=replace(recipe, method=method, threshold=threshold)),
                                              labels["train"])  # fmt: skip
-    classifier = load_checkpoint(stage1_checkpoint(cfg))["model"]
     result = train_head(recipe, recipe.epochs, manifest, {**features, "train": train_x}, {**labels, "train": train_y},
-                        classifier, flips, cfg.seed, cfg.tune.objective)  # fmt: skip
+                        inputs.classifier, flips, cfg.seed, cfg.tune.objective)  # fmt: skip
     evaluation = evaluate_head(result.head, features, labels, manifest)
     with torch.no_grad():
         logits = result.head(torch.from_numpy(features["test"])).numpy()
