@@ -252,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     cifar.add_argument("--val-per-class", type=int, default=20)
     cifar.set_defaults(func=_cmd_data_make_cifar)
     check = data.add_parser("check", help="validate split files and images before spending cluster time")
-    check.add_argument("--decode", action="store_true", help="also decode every image (slower)")
+    check.add_argument(
+        "--decode",
+        action="store_true",
+        help="decode every image (slower); without it, only images whose first and last bytes look wrong",
+    )
     _add_config_args(check, required=True)
     check.set_defaults(func=_cmd_data_check)
 

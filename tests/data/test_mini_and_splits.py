@@ -73,8 +73,10 @@ def broken_root(tmp_path, mini_root):
     lines[6] = lines[6].rsplit(" ", 1)[0] + " 10"  # line 7: label out of range
     lines[8] = lines[9]  # line 10: duplicate of line 9
     lines[11] = "images/0/missing.jpg 0"  # line 12: missing file
-    corrupt = root / lines[13].rsplit(" ", 1)[0]  # line 14: corrupt JPEG
+    corrupt = root / lines[13].rsplit(" ", 1)[0]  # line 14: truncated JPEG
     corrupt.write_bytes(corrupt.read_bytes()[:200])
+    hollow = root / lines[16].rsplit(" ", 1)[0]  # line 17: start and end intact, the middle cut out
+    hollow.write_bytes(hollow.read_bytes()[:400] + b"\xff\xd9")
     lines[15] = (root / "Mini_LT_val.txt").read_text().splitlines()[0]  # line 16: also in val
     (root / "Mini_LT_train.txt").write_text("\n".join(lines) + "\n")
     return root
@@ -89,11 +91,13 @@ def test_check_finds_every_planted_defect_with_its_line(broken_root):
     assert reasons[5] == "label" and reasons[7] == "label"
     assert reasons[10] == "duplicate"
     assert reasons[12] == "missing"
-    assert reasons[14] == "cannot"
-    assert len(found) == 6
+    assert reasons[14] == "cannot" and reasons[17] == "cannot"
+    assert len(found) == 7
     leaks = [str(p) for p in problems if p.file.endswith("val.txt")]
     assert len(leaks) == 1 and leaks[0].endswith("is also in the train split (line 16)")
-    assert not any(p.line == 14 for p in check_data(cfg, decode=False))  # decoding is opt-in
+    # Without --decode only files whose first/last bytes look wrong are decoded: the truncated one, not the hollow.
+    quick = {p.line for p in check_data(cfg, decode=False) if p.file.endswith("train.txt")}
+    assert 14 in quick and 17 not in quick
 
 
 def test_check_cli_reports_file_line_reason_and_fails(broken_root, tmp_path, capsys):
