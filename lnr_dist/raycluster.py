@@ -22,14 +22,21 @@ from .logs import setup_logging
 log = logging.getLogger(__name__)
 
 
+# For every Ray process we start or join: no Ray 2.60 token auth (it would write a token under the home folder),
+# graceful drain cut to 0 s (tests and short jobs end promptly), Ray Train v2.
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+
 def ensure_ray(cfg: RayConfig) -> None:
-    """ray.init once per process. Local clusters run without Ray 2.60's token auth, which would otherwise write a
-    token under the home folder; graceful drain is cut to 0 s so that tests and short jobs end promptly."""
+    """ray.init once per process, with RAY_ENV where the environment does not say otherwise."""
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
     ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True, configure_logging=False)
     log.info("Ray: %s", ray.cluster_resources())
 

@@ -29,12 +29,6 @@ from .. import storage
 
 log = logging.getLogger(__name__)
 
-RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",  # Ray 2.60 token auth would write a token under the home folder
-    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # a 30 s drain at teardown otherwise
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_V2_ENABLED": "1",
-}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -82,6 +76,14 @@ def _reachable(address: str) -> bool:
         return False
 
 
+def _allocation_env() -> dict[str, str]:
+    """raycluster.RAY_ENV, forced (every node of the cluster and its driver must agree), without usage stats.
+    Imported here, not at the top: `launch` imports this module on the submitting machine, which needs no Ray."""
+    from ..raycluster import RAY_ENV
+
+    return {**RAY_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 class _RayNode:
     """One `ray start --block` in its own process group."""
 
@@ -90,7 +92,7 @@ class _RayNode:
         temp_dir.mkdir(parents=True)
         self.temp_dir = temp_dir
         ray = str(Path(sys.executable).with_name("ray"))
-        env = {**os.environ, **RAY_ENV, "RAY_TMPDIR": str(temp_dir)}
+        env = {**os.environ, **_allocation_env(), "RAY_TMPDIR": str(temp_dir)}
         self.log_file = open(log_path, "ab")  # noqa: SIM115 (open for the node's lifetime)
         command = [ray, "start", "--block", f"--temp-dir={temp_dir}", "--disable-usage-stats", *args]
         log.info("starting: %s", " ".join(command))
@@ -171,8 +173,11 @@ def _wait_for_nodes(address: str, count: int, timeout: float) -> None:
     """The driver starts only when every task's node has joined, so Ray Train sees all resources."""
     import ray
 
-    os.environ.update(RAY_ENV)
-    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=True)
+    from ..experiment import RayConfig
+    from ..raycluster import ensure_ray
+
+    os.environ.update(_allocation_env())
+    ensure_ray(RayConfig(address=address))
     deadline = time.monotonic() + timeout
     while sum(node["Alive"] for node in ray.nodes()) < count:
         if time.monotonic() > deadline:
