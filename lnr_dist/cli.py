@@ -220,6 +220,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_allocation_args(parser: argparse.ArgumentParser) -> None:
+    """The SLURM allocation of each job (`launch`, `reproduce --cluster slurm`)."""
+    parser.add_argument("--nodes", type=int, default=1, help="nodes of one Ray cluster (one task per node)")
+    parser.add_argument("--gpus-per-node", type=int, default=0)
+    parser.add_argument("--partition")
+    parser.add_argument(
+        "--time", type=int, default=240, help="time limit per job in minutes (requeued when reached)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lnr-dist", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -274,13 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch = commands.add_parser("launch", help="submit a job or the whole pipeline through submitit")
     launch.add_argument("job", choices=("stage1", "infer", "tune", "stage2", "pipeline"))
     launch.add_argument("--cluster", choices=("local", "slurm"), default="slurm")
-    launch.add_argument("--nodes", type=int, default=1, help="nodes of one Ray cluster (one task per node)")
-    launch.add_argument("--gpus-per-node", type=int, default=0)
+    _add_allocation_args(launch)
     launch.add_argument(
         "--cpus-per-task", type=int, help="default: what the config's Ray workers need per node"
     )
-    launch.add_argument("--partition")
-    launch.add_argument("--time", type=int, default=240, help="time limit in minutes (requeued when reached)")
     launch.add_argument("--mem-gb", type=float)
     launch.add_argument("--folder", help="submitit's log folder (default <run_dir>/slurm/logs)")
     launch.add_argument(
@@ -296,10 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--seeds", type=int, help="number of seeds (experiment seed, +1, ...)")
     reproduce.add_argument("--cluster", choices=("local", "slurm"), default="local",
                            help="local: jobs on a local Ray cluster here; slurm: each job a SLURM job")  # fmt: skip
-    reproduce.add_argument("--nodes", type=int, default=1)
-    reproduce.add_argument("--gpus-per-node", type=int, default=0)
-    reproduce.add_argument("--partition")
-    reproduce.add_argument("--time", type=int, default=240, help="time limit per job in minutes")
+    _add_allocation_args(reproduce)
     _add_config_args(reproduce, required=True)
     reproduce.set_defaults(func=_cmd_reproduce)
 
