@@ -111,6 +111,13 @@ def evaluate_head(
     with torch.no_grad():
         val = head(torch.from_numpy(features["val"]))
         test = head(torch.from_numpy(features["test"]))
+    return evaluate_logits(val, test, labels, manifest)
+
+
+def evaluate_logits(
+    val: torch.Tensor, test: torch.Tensor, labels: dict[str, np.ndarray], manifest: Manifest
+) -> dict[str, Any]:
+    """evaluate_head on logits already computed."""
     y_val, y_test = torch.from_numpy(labels["val"]), torch.from_numpy(labels["test"])
     temperature = fit_temperature(val, y_val)
     return {

@@ -19,7 +19,8 @@ import torch
 from .. import storage
 from ..experiment import ExperimentConfig
 from ..features import head_inputs
-from ..head_training import evaluate_head, train_head
+from ..head_training import evaluate_logits, train_head
+from .methods import stage2_variant
 
 
 class NotApplicable(RuntimeError):
@@ -70,17 +71,15 @@ def head_method(cfg: ExperimentConfig, method: str, folder: Path) -> dict[str, A
         recipe = replace(recipe, balanced_sampling=False)
         extra["train_samples"] = {"before": int(labels["train"].size), "after": int(train_y.size)}
     else:
-        threshold = None if method == "mislas" else "tuned"
-        flips, extra["flips"] = stage2_flips(replace(cfg, stage2=replace(recipe, method=method, threshold=threshold)),
-                                             labels["train"])  # fmt: skip
+        flips, extra["flips"] = stage2_flips(stage2_variant(cfg, method), labels["train"])
     result = train_head(recipe, recipe.epochs, manifest, {**features, "train": train_x}, {**labels, "train": train_y},
                         inputs.classifier, flips, cfg.seed, cfg.tune.objective)  # fmt: skip
-    evaluation = evaluate_head(result.head, features, labels, manifest)
     with torch.no_grad():
-        logits = result.head(torch.from_numpy(features["test"])).numpy()
+        val_logits, test_logits = (result.head(torch.from_numpy(features[s])) for s in ("val", "test"))
+    evaluation = evaluate_logits(val_logits, test_logits, labels, manifest)
     results = {"method": method, "trained_on": "cached features", "best_epoch": result.best_epoch,
                "val": result.best, **evaluation, **extra, "manifest": manifest.to_dict()}  # fmt: skip
-    storage.write_npz(folder / "test_logits.npz", logits=logits.astype(np.float16), labels=labels["test"],
+    storage.write_npz(folder / "test_logits.npz", logits=test_logits.numpy().astype(np.float16), labels=labels["test"],
                       temperature=np.array(evaluation["temperature"]))  # fmt: skip
     storage.write_json(folder / "results.json", results)
     return results

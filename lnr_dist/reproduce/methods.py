@@ -55,13 +55,17 @@ def _stage1_result(which: str) -> Callable[[SeedRun, Path], dict[str, Any]]:
     return run
 
 
+def stage2_variant(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
+    """The config of stage-2 `method`: mislas on the original labels, lnr and random at the sweep's threshold."""
+    threshold = None if method == "mislas" else "tuned"
+    return replace(cfg, stage2=replace(cfg.stage2, method=method, threshold=threshold))
+
+
 def _stage2(method: str) -> Callable[[SeedRun, Path], dict[str, Any]]:
     def run(seed_run: SeedRun, folder: Path) -> dict[str, Any]:
         if seed_run.cfg.reproduce.stage2_on == "features":
             return _on_features(method)(seed_run, folder)
-        threshold = None if method == "mislas" else "tuned"
-        cfg = replace(seed_run.cfg, stage2=replace(seed_run.cfg.stage2, method=method, threshold=threshold))
-        seed_run.execute("stage2", cfg, str(folder))
+        seed_run.execute("stage2", stage2_variant(seed_run.cfg, method), str(folder))
         return {"source": str(folder)}
 
     return run
