@@ -7,11 +7,13 @@ a partial one, even when the writer is killed mid-write.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,6 +53,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w") as handle:
         handle.write(text)
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> None:
+    """A header of `fields` and one line per row (keys outside `fields` are left out, missing ones empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -14,7 +14,6 @@ must therefore be on storage every worker sees (as on any cluster with a shared 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import time
@@ -116,14 +115,6 @@ def fit(
     return json.loads((out / "results.json").read_text())
 
 
-def _metrics_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -209,7 +200,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if improved:
                 save_checkpoint(checkpoints / "best.pt", state)
             rows.append(row)
-            storage.write_text(out / "metrics.csv", _metrics_csv(rows))
+            storage.write_csv(out / "metrics.csv", rows, CSV_FIELDS)
             training_curves(rows, out / "training_curves.png", f"{stage} ({cfg.run_dir})")
         log.info(
             "%s epoch %d/%d: loss %.4f, val top-1 %.2f, balanced %.2f, few %.2f, ECE %.2f (%.1f img/s)",

@@ -10,8 +10,6 @@ builds the trainer; `TuneReportCallback` forwards the workers' reports). Trials 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import shutil
 from dataclasses import replace
@@ -180,11 +178,7 @@ def _evaluate_chosen(cfg: ExperimentConfig, threshold: float, cached: bool) -> d
 
 
 def _write_outputs(out: Path, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SWEEP_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    storage.write_text(out / "sweep.csv", buffer.getvalue())
+    storage.write_csv(out / "sweep.csv", rows, SWEEP_FIELDS)
     lines = [
         "| threshold | flips | val balanced | val top-1 | val few | val ECE |",
         "|---:|---:|---:|---:|---:|---:|",

@@ -11,25 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..experiment import ExperimentConfig
+from ..metrics import ECE_BINS as BINS
+from ..metrics import MetricSums
 from ..plots import plt, save_figure
-
-BINS = 15
 
 
 def reliability(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(bin centres, accuracy per bin, share of samples per bin, ECE %) for 15 equal-width confidence bins."""
-    z = logits.astype(np.float64)
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    confidence, correct = p.max(1), (p.argmax(1) == labels)
-    which = np.minimum((confidence * BINS).astype(int), BINS - 1)
-    count = np.bincount(which, minlength=BINS)
-    accuracy = np.bincount(which, weights=correct, minlength=BINS) / np.maximum(count, 1)
-    mean_conf = np.bincount(which, weights=confidence, minlength=BINS) / np.maximum(count, 1)
-    ece = float(np.sum(count / count.sum() * np.abs(accuracy - mean_conf)) * 100)
-    return (np.arange(BINS) + 0.5) / BINS, accuracy, count / count.sum(), ece
+    """(bin centres, accuracy per bin, share of samples per bin, ECE %): the confidence bins of the metrics."""
+    sums = MetricSums.zeros(logits.shape[1])
+    sums.update(torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(labels.astype(np.int64)))
+    total = sums.bin_count.sum()
+    accuracy = sums.bin_correct / np.maximum(sums.bin_count, 1)
+    ece = float(np.abs(sums.bin_correct - sums.bin_confidence).sum() / total * 100)
+    return (np.arange(BINS) + 0.5) / BINS, accuracy, sums.bin_count / total, ece
 
 
 def _reliability_figure(method: str, logits: np.ndarray, labels: np.ndarray, path: Path) -> None:

@@ -3,8 +3,6 @@ results.md (mean +- std over seeds per method), the published numbers for the da
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -62,14 +60,6 @@ def aggregate(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, 
     return table
 
 
-def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _cell(value: tuple[float, float] | None, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -85,8 +75,9 @@ def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
 
     seed_rows = [{"method": m, "seed": o.seed, "source": str(o.methods[m] / "results.json"), **row}
                  for m in methods for o, row in zip(outcomes, per_seed[m], strict=True)]  # fmt: skip
-    storage.write_text(root / "results_per_seed.csv",
-                       _csv(seed_rows, ["method", "seed", *COLUMNS, "not_applicable", "source"]))  # fmt: skip
+    storage.write_csv(
+        root / "results_per_seed.csv", seed_rows, ["method", "seed", *COLUMNS, "not_applicable", "source"]
+    )
     mean_rows = []
     for m in methods:
         entry = table[m]
@@ -100,7 +91,7 @@ def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
             row[f"{key}_mean"], row[f"{key}_std"] = value if value is not None else (None, None)
         mean_rows.append(row)
     fields = ["method", "seeds"] + [f"{k}_{s}" for k in COLUMNS for s in ("mean", "std")] + ["not_applicable"]
-    storage.write_text(root / "results.csv", _csv(mean_rows, fields))
+    storage.write_csv(root / "results.csv", mean_rows, fields)
 
     figures = write_figures(cfg, outcomes, per_seed)
     storage.write_text(root / "results.md", _markdown(cfg, outcomes, table, figures))
