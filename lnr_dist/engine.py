@@ -131,16 +131,19 @@ def collect_logits(
     *,
     amp: bool = False,
     channels_last: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's (n, C) float32 logits and (n,) labels on the CPU (pass the model unwrapped from DDP)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's (n, C) float32 logits, (n,) int64 labels and (n,) int64 dataset indices on the CPU (pass the
+    model unwrapped from DDP)."""
     model.eval()
-    logits, labels = [], []
+    logits, labels, indices = [], [], []
     for batch in loader:
         if batch.images.shape[0] == 0:
             continue
         with torch.autocast(device.type, enabled=amp):
             logits.append(model(_prepare(batch.images, device, channels_last)).float().cpu())
         labels.append(batch.labels)
+        indices.append(batch.indices)
     if not logits:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
-    return torch.cat(logits), torch.cat(labels)
+        empty = torch.zeros(0, dtype=torch.int64)
+        return torch.zeros(0, 0), empty, empty
+    return torch.cat(logits), torch.cat(labels), torch.cat(indices)

@@ -159,7 +159,7 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     )  # fmt: skip
     predict_seconds = time.perf_counter() - began
     # Flips are computed from exactly what save_predictions stores, so stored predictions reproduce them.
-    predictions = mean_probs.astype(icfg.predictions_dtype)
+    predictions = mean_probs.astype(icfg.predictions_dtype, copy=False)
     labels, indices = split.labels[start:stop], np.arange(start, stop, dtype=np.int64)
     chunk_rows = default_chunk_rows(num_classes)
     local_stats = accumulate_stats(predictions, labels, chunk_rows)

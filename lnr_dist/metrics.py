@@ -19,6 +19,24 @@ from .dist import all_reduce_sum
 ECE_BINS = 15
 
 
+def sample_terms(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What each sample adds to the metrics, on the CPU: hit (B,) float64 (1 if the top-1 class is the label),
+    confidence (B,) float64 (the top softmax probability), ECE bin (B,) int64, NLL (B,) float64 in nats.
+
+    The one definition the sums, the reliability diagrams and the bootstrap comparisons share. The softmax is
+    taken in float32 (as the logits come from the model) and carried on in float64.
+    """
+    log_p = F.log_softmax(logits.detach().float(), dim=1).cpu().double()
+    labels = labels.cpu()
+    confidence, predicted = log_p.exp().max(dim=1)
+    hit = (predicted == labels).double()
+    # Bin b holds confidences in (b/15, (b+1)/15]; confidence >= 1/C > 0 so bin 0 is (0, 1/15].
+    bins = torch.clamp(torch.ceil(confidence * ECE_BINS).long() - 1, 0, ECE_BINS - 1)
+    return hit, confidence, bins, -log_p.gather(1, labels[:, None])[:, 0]
+
+
 @dataclass
 class MetricSums:
     """Per-class correct/count, NLL sum, and per-bin count/confidence/correct sums (float64)."""
@@ -37,16 +55,12 @@ class MetricSums:
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch: (B, C) logits and (B,) true labels."""
-        log_p = F.log_softmax(logits.detach().float(), dim=1).cpu().double()
         labels = labels.cpu()
-        confidence, predicted = log_p.exp().max(dim=1)
-        hit = (predicted == labels).double()
+        hit, confidence, bins, nll = sample_terms(logits, labels)
         num_classes = self.correct.shape[0]
         self.correct += torch.bincount(labels, weights=hit, minlength=num_classes).numpy()
         self.count += torch.bincount(labels, minlength=num_classes).double().numpy()
-        self.nll += float(-log_p.gather(1, labels[:, None]).sum())
-        # Bin b holds confidences in (b/15, (b+1)/15]; confidence >= 1/C > 0 so bin 0 is (0, 1/15].
-        bins = torch.clamp(torch.ceil(confidence * ECE_BINS).long() - 1, 0, ECE_BINS - 1)
+        self.nll += float(nll.sum())
         self.bin_count += torch.bincount(bins, minlength=ECE_BINS).double().numpy()
         self.bin_confidence += torch.bincount(bins, weights=confidence, minlength=ECE_BINS).numpy()
         self.bin_correct += torch.bincount(bins, weights=hit, minlength=ECE_BINS).numpy()

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,17 +56,40 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
+def _missing(value: Any) -> bool:
+    """None, NaN or an infinity: a number that is not there (an empty group, a metric with no samples)."""
+    return value is None or (isinstance(value, float | np.floating) and not math.isfinite(value))
+
+
 def write_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> None:
-    """A header of `fields` and one line per row (keys outside `fields` are left out, missing ones empty)."""
+    """A header of `fields` and one line per row (keys outside `fields` are left out; missing ones, None and
+    non-finite numbers are empty cells, never `nan`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: "" if _missing(v) else v for k, v in row.items()} for row in rows)
     write_text(path, buffer.getvalue())
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with NaN/Infinity replaced by None and NumPy scalars/arrays by Python values, so that it serialises
+    as standard JSON (RFC 8259 has no NaN; Python's json writes a `NaN` token other parsers reject)."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Standard JSON (missing numbers are null; `allow_nan=False` makes a slip an error, not a NaN token)."""
+    write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

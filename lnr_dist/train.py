@@ -56,6 +56,20 @@ def load_splits(cfg: ExperimentConfig) -> dict[str, Split]:
     return {name: load_split(file, data.root, data.num_classes, name) for name, file in files.items()}
 
 
+def write_test_logits(
+    folder: Path, logits: np.ndarray, labels: np.ndarray, indices: np.ndarray, temperature: float
+) -> None:
+    """`test_logits.npz`, the file every figure and comparison is computed from: logits (N, C) float32 exactly
+    as the test metrics saw them (no float16 rounding, so a figure's number equals its table's), labels (N,)
+    int64 and indices (N,) int64 (dataset indices of the test split, rows sorted by them), temperature ()."""
+    order = np.argsort(indices, kind="stable")
+    storage.write_npz(
+        folder / "test_logits.npz", logits=logits.astype(np.float32).reshape(indices.size, -1)[order],
+        labels=labels.astype(np.int64)[order], indices=indices.astype(np.int64)[order],
+        temperature=np.array(temperature, dtype=np.float64),
+    )  # fmt: skip
+
+
 def _check_resumable(cfg: ExperimentConfig, stage: str, out: Path, flips: dict[str, Any] | None) -> None:
     """A run resumes from last.pt only if that checkpoint was made by the same recipe: another stage section
     (other than its epoch count), model or flip table in the same folder is an error, not a silent resume."""
@@ -215,25 +229,24 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     network = unwrap(model)
     network.load_state_dict(best_state["model"])
     # Temperature scaling on validation (beyond the paper): report ECE/NLL before and after it.
-    val_logits, val_labels = collect_logits(network, val_loader, device, amp=amp, channels_last=channels_last)
+    val_logits, val_labels, _ = collect_logits(
+        network, val_loader, device, amp=amp, channels_last=channels_last
+    )
     temperature = fit_temperature(val_logits, val_labels)
     val_calibrated = metrics_at(val_logits, val_labels, manifest, temperature)
     test = test_calibrated = None
     if train_cfg.evaluate_test:
         test_loader = build_loader(cfg.data, splits["test"], LoaderSpec.evaluate(eval_per_worker), ctx)
-        test_logits, test_labels = collect_logits(
+        test_logits, test_labels, test_indices = collect_logits(
             network, test_loader, device, amp=amp, channels_last=channels_last
         )
         test = metrics_at(test_logits, test_labels, manifest)
         test_calibrated = metrics_at(test_logits, test_labels, manifest, temperature)
-        # every rank's test logits in one file (reliability diagrams, per-sample analysis); rank order
-        gathered_logits = all_gather_arrays(test_logits.to(torch.float16).numpy().reshape(-1))
-        gathered_labels = all_gather_arrays(test_labels.numpy())
+        gathered = [
+            all_gather_arrays(a.numpy().reshape(-1)) for a in (test_logits, test_labels, test_indices)
+        ]
         if ctx.is_main:
-            storage.write_npz(
-                out / "test_logits.npz", labels=np.concatenate(gathered_labels), temperature=np.array(temperature),
-                logits=np.concatenate(gathered_logits).reshape(-1, manifest.num_classes),
-            )  # fmt: skip
+            write_test_logits(out, *(np.concatenate(parts) for parts in gathered), temperature)
     if ctx.is_main:
         val_at_best = next((r for r in rows if r["epoch"] == best["epoch"]), {})
         results = {

@@ -35,8 +35,11 @@ from .raycluster import ensure_ray
 from .train import fit
 
 log = logging.getLogger(__name__)
-SWEEP_FIELDS = ("threshold", "num_flips", "best_epoch", "val_balanced_acc", "val_top1", "val_many", "val_medium",
-                "val_few", "val_ece", "val_nll")  # fmt: skip
+SWEEP_FIELDS = ("threshold", "status", "epochs_run", "num_flips", "best_epoch", "val_balanced_acc", "val_top1",
+                "val_many", "val_medium", "val_few", "val_ece", "val_nll")  # fmt: skip
+METRIC_FIELDS = SWEEP_FIELDS[5:]
+# a searched (not gridded) threshold this close to an end of the range counts as at the edge
+EDGE_SHARE = 0.05
 
 
 def uses_cached_features(cfg: ExperimentConfig) -> bool:
@@ -88,8 +91,9 @@ def _space(cfg: ExperimentConfig) -> tuple[Any, int, Any]:
     if t.scheduler == "grid":
         return tune.grid_search([float(v) for v in t.thresholds]), 1, None
     scheduler = ASHAScheduler(
-        time_attr="training_iteration", max_t=_epochs(cfg), grace_period=1, reduction_factor=2
-    )
+        time_attr="training_iteration", max_t=_epochs(cfg), grace_period=min(t.grace_period, _epochs(cfg)),
+        reduction_factor=t.reduction_factor,
+    )  # fmt: skip
     return tune.uniform(t.search_min, t.search_max), t.num_samples, scheduler
 
 
@@ -143,21 +147,58 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
     grid = tuner.fit()
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} sweep trial(s) failed, first: {grid.errors[0]}")
-    rows = []
-    for result in grid:
-        history = result.metrics_dataframe
-        key = "objective" if "objective" in history else f"val_{cfg.tune.objective}"
-        best = history.loc[history[key].idxmax()]
-        rows.append({"threshold": float(result.config["threshold"]), "num_flips": int(best.get("num_flips", 0)),
-                     "best_epoch": int(best.get("epoch", 0)), **{f: float(best[f]) for f in SWEEP_FIELDS[3:]}})  # fmt: skip
+    rows = [_trial_row(result, _epochs(cfg), cfg.tune.objective) for result in grid]
     rows.sort(key=lambda r: r["threshold"])
-    chosen = max(rows, key=lambda r: (r[f"val_{cfg.tune.objective}"], -r["num_flips"]))
+    chosen = choose(rows, cfg.tune.objective)
+    edge = edge_warning(cfg, chosen["threshold"])
+    if edge:
+        log.warning("tune: chosen threshold %g: %s", chosen["threshold"], edge)
     final = _evaluate_chosen(cfg, chosen["threshold"], cached)
     report = {"threshold": chosen["threshold"], "objective": f"val_{cfg.tune.objective}", "chosen": chosen,
-              "cached_features": cached, **final}  # fmt: skip
+              "edge_warning": edge, "searched": searched_range(cfg), "cached_features": cached, **final}  # fmt: skip
     _write_outputs(out, rows, report)
     storage.write_json(out / "chosen_threshold.json", report)
     return report
+
+
+def _trial_row(result: Any, epochs: int, objective: str) -> dict[str, Any]:
+    """One trial's line of the sweep: its best validation epoch, and whether it ran all `epochs` (ASHA may have
+    stopped it: `stopped at epoch k`)."""
+    history = result.metrics_dataframe
+    key = "objective" if "objective" in history else f"val_{objective}"
+    best = history.loc[history[key].idxmax()]
+    ran = int(history["training_iteration"].max())
+    return {"threshold": float(result.config["threshold"]), "epochs_run": ran,
+            "status": "completed" if ran >= epochs else f"stopped at epoch {ran}",
+            "num_flips": int(best.get("num_flips", 0)), "best_epoch": int(best.get("epoch", 0)),
+            **{f: float(best[f]) for f in METRIC_FIELDS}}  # fmt: skip
+
+
+def choose(rows: list[dict[str, Any]], objective: str) -> dict[str, Any]:
+    """The completed trial with the best validation `objective` (ties: fewer flips). Early-stopped trials are
+    listed in the sweep but never chosen: their best epoch comes from a shorter schedule."""
+    completed = [r for r in rows if r["status"] == "completed"]
+    if not completed:
+        raise RuntimeError("no sweep trial ran its whole schedule (every trial was stopped early)")
+    return max(completed, key=lambda r: (r[f"val_{objective}"], -r["num_flips"]))
+
+
+def searched_range(cfg: ExperimentConfig) -> list[float]:
+    t = cfg.tune
+    return [min(t.thresholds), max(t.thresholds)] if t.scheduler == "grid" else [t.search_min, t.search_max]
+
+
+def edge_warning(cfg: ExperimentConfig, threshold: float) -> str | None:
+    """A message when `threshold` sits at an end of the searched range: the grid's lowest or highest value, or
+    for a search within EDGE_SHARE of the range's ends. The best threshold may then lie outside the range."""
+    low, high = searched_range(cfg)
+    margin = 0.0 if cfg.tune.scheduler == "grid" else EDGE_SHARE * (high - low)
+    keys = "tune.thresholds" if cfg.tune.scheduler == "grid" else "tune.search_min / tune.search_max"
+    if threshold <= low + margin:
+        return f"at the low edge of the searched range [{low:g}, {high:g}]: widen {keys}"
+    if threshold >= high - margin:
+        return f"at the high edge of the searched range [{low:g}, {high:g}]: widen {keys}"
+    return None
 
 
 def _evaluate_chosen(cfg: ExperimentConfig, threshold: float, cached: bool) -> dict[str, Any]:
@@ -177,20 +218,29 @@ def _evaluate_chosen(cfg: ExperimentConfig, threshold: float, cached: bool) -> d
     return evaluate_head(result.head, inputs.features, inputs.labels, inputs.manifest)
 
 
+def _pct(value: float | None) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.2f}"
+
+
 def _write_outputs(out: Path, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
     storage.write_csv(out / "sweep.csv", rows, SWEEP_FIELDS)
     lines = [
-        "| threshold | flips | val balanced | val top-1 | val few | val ECE |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| threshold | trial | flips | val balanced | val top-1 | val few | val ECE |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mark = " **(chosen)**" if r["threshold"] == report["threshold"] else ""
-        lines.append(f"| {r['threshold']:g}{mark} | {r['num_flips']} | {r['val_balanced_acc']:.2f} | "
-                     f"{r['val_top1']:.2f} | {r['val_few']:.2f} | {r['val_ece']:.2f} |")  # fmt: skip
+        lines.append(f"| {r['threshold']:g}{mark} | {r['status']} | {r['num_flips']} | {_pct(r['val_balanced_acc'])} | "
+                     f"{_pct(r['val_top1'])} | {_pct(r['val_few'])} | {_pct(r['val_ece'])} |")  # fmt: skip
     test = report["test"]
-    lines += ["", f"Chosen on {report['objective']}: threshold {report['threshold']:g}. Test (evaluated once): "
-              f"top-1 {test['top1']:.2f}, few {test['few']:.2f}, ECE {test['ece']:.2f} "
-              f"({report['test_calibrated']['ece']:.2f} after temperature scaling)."]  # fmt: skip
+    stopped = sum(r["status"] != "completed" for r in rows)
+    lines += ["", f"Chosen on {report['objective']} among the {len(rows) - stopped} completed trials"
+              + (f" ({stopped} stopped early by ASHA are listed, not chosen)" if stopped else "")
+              + f": threshold {report['threshold']:g}. Test (evaluated once): top-1 {_pct(test['top1'])}, "
+              f"few {_pct(test['few'])}, ECE {_pct(test['ece'])} ({_pct(report['test_calibrated']['ece'])} after "
+              "temperature scaling)."]  # fmt: skip
+    if report["edge_warning"]:
+        lines += ["", f"**Warning: the chosen threshold is {report['edge_warning']}.**"]
     storage.write_text(out / "sweep.md", "\n".join(lines) + "\n")
     x = [r["threshold"] for r in rows]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))

@@ -55,8 +55,8 @@ def test_amp_channels_last_training_and_evaluation_on_cuda(mini_root, tmp_path, 
     manifest = Manifest.from_labels(train.labels, 10)
     metrics = compute_metrics(evaluate(model, val_loader, device, 10, amp=True, channels_last=True), manifest)
     assert metrics["top1"] > 25.0  # chance is 10
-    amp_logits, labels = collect_logits(model, val_loader, device, amp=True, channels_last=True)
-    fp32_logits, same_labels = collect_logits(model, val_loader, device)
+    amp_logits, labels, _ = collect_logits(model, val_loader, device, amp=True, channels_last=True)
+    fp32_logits, same_labels, _ = collect_logits(model, val_loader, device)
     assert amp_logits.dtype == torch.float32 and amp_logits.device.type == "cpu"
     assert torch.equal(labels, same_labels)
     scale = fp32_logits.abs().max().item()
@@ -67,5 +67,5 @@ def test_amp_channels_last_training_and_evaluation_on_cuda(mini_root, tmp_path, 
     # convolutions on Ampere and later round inputs to 10-bit mantissas by default, ~1e-3 relative)
     save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "config": {}})
     cpu_model = load_model(ModelConfig(arch=arch), 10, tmp_path / "best.pt").eval()
-    cpu_logits, _ = collect_logits(cpu_model, val_loader, torch.device("cpu"))
+    cpu_logits, _, _ = collect_logits(cpu_model, val_loader, torch.device("cpu"))
     assert torch.allclose(cpu_logits, fp32_logits, atol=1e-2, rtol=1e-2)

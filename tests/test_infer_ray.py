@@ -67,7 +67,7 @@ def test_statistics_equal_the_engine_on_the_gathered_predictions(eval_runs):
     cfg, summary = eval_runs[3]
     out = cfg.run_dir + "/infer/"
     probs, labels = np.load(out + "predictions.npy"), np.load(out + "labels.npy")
-    assert probs.dtype == np.float16 and probs.shape == (329, 10)
+    assert probs.dtype == np.float32 and probs.shape == (329, 10)
     result = compute_flips(probs, labels, None, THRESHOLD, seed=0)
     np.testing.assert_array_equal(result.moments.mean, summary["mean"])
     np.testing.assert_array_equal(result.moments.std, summary["std"])

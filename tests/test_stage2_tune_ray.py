@@ -93,6 +93,8 @@ def test_sweep_writes_its_outputs_and_picks_on_validation(lnr_run):
     with open(out + "sweep.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [float(r["threshold"]) for r in rows] == THRESHOLDS
+    assert {r["status"] for r in rows} == {"completed"} and {r["epochs_run"] for r in rows} == {"4"}
+    assert (report["edge_warning"] is not None) == (report["threshold"] in (THRESHOLDS[0], THRESHOLDS[-1]))
     assert not any("test" in key for key in rows[0])  # trials never see test
     best = max(rows, key=lambda r: (float(r["val_balanced_acc"]), -int(r["num_flips"])))
     assert report["threshold"] == float(best["threshold"])
@@ -138,14 +140,24 @@ def test_sweep_with_ray_train_per_trial_when_bn_is_shifted(lnr_run):
 def test_asha_sweep_over_a_range(lnr_run):
     from dataclasses import replace
 
-    cfg = replace(
-        lnr_run, tune=replace(lnr_run.tune, scheduler="asha", search_min=0.5, search_max=3.0, num_samples=4)
-    )
-    report = run_sweep(cfg)
-    with open(Path(lnr_run.run_dir) / "tune" / "sweep.csv", newline="") as handle:
+    # one trial at a time and a reduction factor of 4: from the second trial on, a trial below the best quarter
+    # of those before it at epoch 1 or 2 is stopped there
+    tune_cfg = replace(lnr_run.tune, scheduler="asha", search_min=0.5, search_max=3.0, num_samples=6,
+                       grace_period=1, reduction_factor=4, max_concurrent=1)  # fmt: skip
+    report = run_sweep(replace(lnr_run, tune=tune_cfg))
+    out = Path(lnr_run.run_dir) / "tune"
+    with open(out / "sweep.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 4 and all(0.5 <= float(r["threshold"]) <= 3.0 for r in rows)
-    assert report["threshold"] in {float(r["threshold"]) for r in rows}
+    assert len(rows) == 6 and all(0.5 <= float(r["threshold"]) <= 3.0 for r in rows)
+    for r in rows:  # every trial says whether it ran the whole schedule
+        ran = int(r["epochs_run"])
+        assert r["status"] == ("completed" if ran == 4 else f"stopped at epoch {ran}") and 1 <= ran <= 4
+    chosen = next(r for r in rows if float(r["threshold"]) == report["threshold"])
+    assert chosen["status"] == "completed"
+    best_completed = max(float(r["val_balanced_acc"]) for r in rows if r["status"] == "completed")
+    assert float(chosen["val_balanced_acc"]) == best_completed
+    md = (out / "sweep.md").read_text()
+    assert all(f"| {r['status']} |" in md for r in rows)
 
 
 def test_another_method_in_the_same_folder_is_refused_not_resumed(lnr_run):

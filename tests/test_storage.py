@@ -34,3 +34,18 @@ def test_sha256_arrays_sees_content_dtype_and_shape():
     assert storage.sha256_arrays(a) == storage.sha256_arrays(a.copy())
     assert storage.sha256_arrays(a) != storage.sha256_arrays(a.astype(np.int32))
     assert storage.sha256_arrays(a) != storage.sha256_arrays(a.reshape(2, 3))
+
+
+def test_json_is_standard_missing_numbers_are_null_and_csv_cells_empty(tmp_path):
+    import json
+
+    storage.write_json(tmp_path / "r.json", {"many": float("nan"), "x": np.float32(1.5), "inf": [np.inf, 2]})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+    def reject(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    assert json.loads(text, parse_constant=reject) == {"many": None, "x": 1.5, "inf": [None, 2]}
+    storage.write_csv(tmp_path / "r.csv", [{"a": float("nan"), "b": None, "c": 2.5}], ["a", "b", "c"])
+    assert (tmp_path / "r.csv").read_text().splitlines() == ["a,b,c", ",,2.5"]

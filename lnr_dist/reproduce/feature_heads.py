@@ -20,6 +20,7 @@ from .. import storage
 from ..experiment import ExperimentConfig
 from ..features import head_inputs
 from ..head_training import evaluate_logits, train_head
+from ..train import write_test_logits
 from .methods import stage2_variant
 
 
@@ -79,7 +80,8 @@ def head_method(cfg: ExperimentConfig, method: str, folder: Path) -> dict[str, A
     evaluation = evaluate_logits(val_logits, test_logits, labels, manifest)
     results = {"method": method, "trained_on": "cached features", "best_epoch": result.best_epoch,
                "val": result.best, **evaluation, **extra, "manifest": manifest.to_dict()}  # fmt: skip
-    storage.write_npz(folder / "test_logits.npz", logits=test_logits.numpy().astype(np.float16), labels=labels["test"],
-                      temperature=np.array(evaluation["temperature"]))  # fmt: skip
+    # feature rows are dataset indices of the split (features.py)
+    write_test_logits(folder, test_logits.numpy(), labels["test"], np.arange(labels["test"].size),
+                      evaluation["temperature"])  # fmt: skip
     storage.write_json(folder / "results.json", results)
     return results

@@ -117,10 +117,17 @@ def _flip_matrix(cfg: ExperimentConfig, outcome, path: Path) -> Path:
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
+    """The numeric cells of each row (text columns such as a sweep trial's status are left out)."""
+
+    def number(text: str | None) -> float | None:
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            return None
+
     with path.open() as handle:
-        return [
-            {k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)
-        ]
+        rows = [{k: number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
 def _two_panels(series: list[tuple[str, list[float], list[float], list[float]]], labels: tuple[str, ...],

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from .. import storage
+from ..data.manifest import Manifest
 from ..experiment import ExperimentConfig
+from . import compare
 from .figures import write_figures
 
 METRICS = ("top1", "many", "medium", "few", "ece", "nll")
@@ -33,11 +35,15 @@ def method_row(folder: Path) -> dict[str, Any]:
     if "not_applicable" in results:
         return {"not_applicable": results["not_applicable"]}
     test, flips = results["test"], results.get("flips") or {}
-    row = {k: float(test[k]) for k in METRICS}
-    row["ece_calibrated"] = float(results["test_calibrated"]["ece"])
+    row = {k: _number(test.get(k)) for k in METRICS}  # None: an empty group (e.g. no many-shot class)
+    row["ece_calibrated"] = _number(results["test_calibrated"]["ece"])
     row["num_flips"] = int(flips.get("num_flips", 0))
     row["threshold"] = flips.get("threshold")
     return row
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -60,11 +66,12 @@ def aggregate(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, 
     return table
 
 
-def _cell(value: tuple[float, float] | None, digits: int = 2) -> str:
+def _cell(value: tuple[float, float] | None, digits: int = 2, seeds: int = 2) -> str:
+    """`mean ± std`; the mean alone for one seed (a std of one value says nothing); `–` when there is no value."""
     if value is None:
         return "–"
     mean, std = value
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if seeds < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
@@ -93,14 +100,43 @@ def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
     fields = ["method", "seeds"] + [f"{k}_{s}" for k in COLUMNS for s in ("mean", "std")] + ["not_applicable"]
     storage.write_csv(root / "results.csv", mean_rows, fields)
 
+    comparisons = _comparisons(cfg, outcomes, per_seed)
+    storage.write_csv(root / "comparisons.csv", comparisons, compare.FIELDS)
     figures = write_figures(cfg, outcomes, per_seed)
-    storage.write_text(root / "results.md", _markdown(cfg, outcomes, table, figures))
+    storage.write_text(root / "results.md", _markdown(cfg, outcomes, table, figures, comparisons))
     return {"results_md": str(root / "results.md"), "results_csv": str(root / "results.csv"),
-            "figures": [str(f) for f in figures], "table": table}  # fmt: skip
+            "comparisons_csv": str(root / "comparisons.csv"), "figures": [str(f) for f in figures],
+            "table": table}  # fmt: skip
+
+
+def _comparisons(
+    cfg: ExperimentConfig, outcomes: list, per_seed: dict[str, list[dict[str, Any]]]
+) -> list[dict]:
+    """comparisons.csv's rows from every method's test_logits.npz (paired by dataset index and by seed)."""
+    r = cfg.reproduce
+    wanted = {m for pair in compare.pairs(r.methods, r.baselines) for m in pair}
+    scores: dict[str, list[compare.SampleScores | None]] = {}
+    manifest = None
+    for method in wanted:
+        scores[method] = []
+        for outcome, row in zip(outcomes, per_seed[method], strict=True):
+            folder = outcome.methods[method]
+            applies = "not_applicable" not in row and (folder / "test_logits.npz").is_file()
+            scores[method].append(compare.SampleScores.load(folder / "test_logits.npz") if applies else None)
+            if applies and manifest is None:
+                manifest = Manifest.from_dict(json.loads((folder / "results.json").read_text())["manifest"])
+    if manifest is None:
+        return []
+    return compare.compare(scores, manifest, r.methods, r.baselines, [o.seed for o in outcomes], r.bootstrap,
+                           cfg.seed)  # fmt: skip
 
 
 def _markdown(
-    cfg: ExperimentConfig, outcomes: list, table: dict[str, dict[str, Any]], figures: list[Path]
+    cfg: ExperimentConfig,
+    outcomes: list,
+    table: dict[str, dict[str, Any]],
+    figures: list[Path],
+    comparisons: list[dict[str, Any]],
 ) -> str:
     from .methods import METHODS
 
@@ -108,9 +144,10 @@ def _markdown(
     lines = [
         f"# Results: {Path(cfg.data.train_split).name} ({cfg.model.arch}), seeds {seeds}",
         "",
-        "Test split, evaluated once per method at the epoch chosen on validation. Mean ± std over the seeds where "
-        "the method applies (column seeds; std with ddof 1, 0 for one seed). Accuracies and ECE in %, NLL in nats; ECE (T) after temperature scaling fitted "
-        "on validation. Threshold: the one the validation sweep chose.",
+        "Test split, evaluated once per method at the epoch chosen on validation. Mean ± std (ddof 1) over the "
+        "seeds where the method applies (column seeds; with one seed, the value alone). Accuracies and ECE in %, "
+        "NLL in nats; ECE (T) after temperature scaling fitted on validation; – where a group has no class "
+        "(many > 100, few < 20 training images). Threshold: the one the validation sweep chose.",
         "",
         "| method | seeds | top-1 | many | medium | few | ECE | ECE (T) | NLL | flips | threshold |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -119,11 +156,19 @@ def _markdown(
         if "not_applicable" in entry:
             lines.append(f"| {method} | 0 | n/a: {entry['not_applicable']} |" + " |" * 8)
             continue
-        cells = [str(entry["seeds"])] + [_cell(entry[k]) for k in ("top1", "many", "medium", "few", "ece",
-                                                                     "ece_calibrated")]  # fmt: skip
-        cells += [_cell(entry["nll"], 3), _cell(entry["num_flips"], 1), _cell(entry["threshold"], 2)]
+        n = entry["seeds"]
+        cells = [str(n)] + [
+            _cell(entry[k], 2, n) for k in ("top1", "many", "medium", "few", "ece", "ece_calibrated")
+        ]
+        cells += [_cell(entry["nll"], 3, n), _cell(entry["num_flips"], 1, n), _cell(entry["threshold"], 2, n)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Methods: " + "; ".join(f"**{m}** {METHODS[m].description}" for m in table), ""]
+    for outcome in outcomes:
+        chosen = outcome.folder / "tune" / "chosen_threshold.json"
+        edge = json.loads(chosen.read_text()).get("edge_warning") if chosen.is_file() else None
+        if edge:
+            lines += [f"**Warning (seed {outcome.seed}): the threshold the sweep chose is {edge}.**", ""]
+    lines += _comparisons_markdown(cfg, comparisons)
     published = PUBLISHED.get(cfg.reproduce.published or "")
     lines += ["## Published numbers", ""]
     if published:
@@ -140,6 +185,49 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
+def _comparisons_markdown(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[str]:
+    """Per (method, baseline): delta and its 95% interval for each metric, with the verdict."""
+    if not rows:
+        return []
+    draws = cfg.reproduce.bootstrap
+    lines = [
+        "## Is the difference real? Paired bootstrap against the baselines",
+        "",
+        f"Delta = method - baseline in points (mean over the seeds both ran), [95% interval] from {draws} paired "
+        "resamples of the test images within each class"
+        + (" and of the seeds" if cfg.reproduce.seeds > 1 else "")
+        + f" (bootstrap seed {cfg.seed}). **better** / **worse**: the interval excludes 0 (for ECE "
+        "lower is better); otherwise not distinguishable from noise (≈). "
+        f"{len(rows)} comparisons, no correction for multiple testing: at 95% about 1 in 20 differences that "
+        "are really zero will still read better or worse. All rows: comparisons.csv.",
+        "",
+        "| method | baseline | seeds | " + " | ".join(_METRIC_NAMES[m] for m in compare.METRICS) + " |",
+        "|---|---|---:|" + "---:|" * len(compare.METRICS),
+    ]
+    by_pair: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by_pair.setdefault((row["method"], row["baseline"]), {})[row["metric"]] = row
+    for (method, baseline), metrics in by_pair.items():
+        cells = [_comparison_cell(metrics[m]) for m in compare.METRICS]
+        seeds = next(iter(metrics.values()))["seeds"]
+        lines.append(f"| {method} | {baseline} | {seeds} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+_METRIC_NAMES = {"top1": "top-1", "many": "many", "medium": "medium", "few": "few", "ece": "ECE"}
+_VERDICT_MARK = {"better": "**better**", "worse": "**worse**", compare.NOISE: "≈"}
+
+
+def _comparison_cell(row: dict[str, Any]) -> str:
+    if row["delta"] is None:
+        return "–"
+    if row["ci_low"] is None:
+        return f"{row['delta']:+.2f}"
+    return (
+        f"{row['delta']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] {_VERDICT_MARK[row['verdict']]}"
+    )
+
+
 def _binary_markdown(results: list[dict[str, Any]]) -> str:
     first = results[0]
     lines = [
@@ -154,7 +242,7 @@ def _binary_markdown(results: list[dict[str, Any]]) -> str:
         if not rows:
             lines.append(f"| {method} | 0 | n/a: {first['comparison'][method]['not_applicable']} | | | |")
             continue
-        cells = [str(len(rows))] + [_cell(_mean_std([r[k] for r in rows]), 1)
+        cells = [str(len(rows))] + [_cell(_mean_std([r[k] for r in rows]), 1, len(rows))
                                     for k in ("minority_recall", "majority_recall", "balanced_acc", "flips")]  # fmt: skip
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

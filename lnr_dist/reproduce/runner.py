@@ -59,12 +59,11 @@ def slurm_executor(opts) -> Callable[[str, ExperimentConfig, str | None], dict[s
     return lambda job, cfg, out: wait_for(submit(job, cfg, opts, out=out))
 
 
-def check_methods(methods: tuple[str, ...]) -> None:
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise UserError(
-            f"reproduce.methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}"
-        )
+def check_methods(methods: tuple[str, ...], baselines: tuple[str, ...] = ()) -> None:
+    for key, names in (("reproduce.methods", methods), ("reproduce.baselines", baselines)):
+        unknown = [m for m in names if m not in METHODS]
+        if unknown:
+            raise UserError(f"{key}: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
 
 
 def run_seed(cfg: ExperimentConfig, execute) -> SeedOutcome:
@@ -116,7 +115,7 @@ def reproduce(cfg: ExperimentConfig, execute=None) -> dict[str, Any]:
     from .report import write_report
 
     cfg = cfg.with_absolute_paths()
-    check_methods(cfg.reproduce.methods)
+    check_methods(cfg.reproduce.methods, cfg.reproduce.baselines)
     preflight(replace(cfg, run_dir=str(Path(cfg.run_dir) / f"seed{cfg.seed}")), "stage1")  # before any job
     execute = execute or local_executor()
     root = Path(cfg.run_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,6 +91,88 @@ def test_table_numbers_equal_the_metrics_files(first_run):
     assert lnr["threshold"] == chosen and lnr["num_flips"] > 0
     random = method_row(root / "seed0" / "methods" / "random")
     assert random["num_flips"] == lnr["num_flips"]  # as many random flips as LNR made
+
+
+def test_every_json_written_is_standard_json(first_run):
+    cfg, _ = first_run
+    root = Path(cfg.with_absolute_paths().run_dir)
+
+    def reject(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    files = [
+        p for p in root.rglob("*.json") if "ray" not in p.relative_to(root).parts
+    ]  # Ray's own files aside
+    assert len(files) > 20
+    for path in files:
+        json.loads(path.read_text(), parse_constant=reject)
+    text = (root / "results.md").read_text()
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+    assert not re.search(r"\d ± \d", text)  # one seed: the values alone
+
+
+def test_saved_test_logits_reproduce_the_table_exactly(first_run):
+    import torch
+
+    from lnr_dist.calibration import metrics_at
+    from lnr_dist.data.manifest import Manifest
+    from lnr_dist.reproduce.figures import reliability
+
+    cfg, _ = first_run
+    root = Path(cfg.with_absolute_paths().run_dir)
+    with (root / "results_per_seed.csv").open() as handle:
+        table = {row["method"]: row for row in csv.DictReader(handle)}
+    checked = 0
+    for method in ALL:
+        path = Path(table[method]["source"]).parent / "test_logits.npz"
+        if not path.is_file():
+            continue
+        with np.load(path) as data:
+            logits, labels, indices = data["logits"], data["labels"], data["indices"]
+        assert logits.dtype == np.float32 and np.array_equal(indices, np.arange(labels.size))
+        results = json.loads(Path(table[method]["source"]).read_text())
+        manifest = Manifest.from_dict(results["manifest"])
+        again = metrics_at(torch.from_numpy(logits), torch.from_numpy(labels), manifest)
+        assert again["top1"] == float(table[method]["top1"]) and again["few"] == float(table[method]["few"])
+        assert reliability(logits, labels)[3] == pytest.approx(float(table[method]["ece"]), abs=1e-9)
+        checked += 1
+    assert checked >= 5
+
+
+def test_comparisons_with_intervals_and_verdicts(first_run):
+    cfg, _ = first_run
+    root = Path(cfg.with_absolute_paths().run_dir)
+    text = (root / "comparisons.csv").read_text()
+    assert (
+        text.splitlines()[0] == "method,baseline,metric,delta,ci_low,ci_high,seeds,verdict"
+        and "nan" not in text
+    )
+    rows = list(csv.DictReader(text.splitlines()))
+    with (root / "results_per_seed.csv").open() as handle:
+        table = {row["method"]: row for row in csv.DictReader(handle)}
+    pairs = {(r["method"], r["baseline"]) for r in rows}
+    assert {("lnr", "mislas"), ("lnr", "random"), ("lnr", "ce")} <= pairs
+    for r in rows:
+        delta = float(r["delta"])
+        expected = float(table[r["method"]][r["metric"]]) - float(table[r["baseline"]][r["metric"]])
+        assert delta == pytest.approx(expected, abs=1e-6)
+        assert float(r["ci_low"]) <= delta <= float(r["ci_high"]) and r["seeds"] == "1"
+        assert r["verdict"] in ("better", "worse", "not distinguishable from noise")
+    md = (root / "results.md").read_text()
+    assert "## Is the difference real?" in md and f"{len(rows)} comparisons, no correction" in md
+
+
+def test_a_threshold_at_the_edge_of_the_grid_is_flagged(first_run):
+    cfg, _ = first_run
+    root = Path(cfg.with_absolute_paths().run_dir)
+    chosen = json.loads((root / "seed0" / "tune" / "chosen_threshold.json").read_text())
+    assert chosen["threshold"] in (1.0, 2.0)  # a two-value grid: the choice is always at an edge
+    assert "edge of the searched range [1, 2]: widen tune.thresholds" in chosen["edge_warning"]
+    assert chosen["edge_warning"] in (root / "seed0" / "tune" / "sweep.md").read_text()
+    assert (
+        f"Warning (seed 0): the threshold the sweep chose is {chosen['edge_warning']}"
+        in (root / "results.md").read_text()
+    )
 
 
 def test_rerun_skips_finished_steps(first_run):
