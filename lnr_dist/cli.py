@@ -130,6 +130,13 @@ def _load_experiment(args: argparse.Namespace):
     return load_config(ExperimentConfig, args.config, args.overrides)
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .config import to_yaml
+
+    print(to_yaml(_load_experiment(args)), end="")
+    return 0
+
+
 def _run_job(job: str, cfg):
     """Run a config-driven job here, or, inside an sbatch template's allocation, on a Ray cluster spanning it
     (None on the tasks that only lend their node)."""
@@ -280,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         job = commands.add_parser(name, help=text)
         _add_config_args(job, required=True)
         job.set_defaults(func=func)
+
+    show = commands.add_parser(
+        "config", help="print the resolved config (defaults filled in) as YAML, usable as --config"
+    )
+    _add_config_args(show, required=True)
+    show.set_defaults(func=_cmd_config)
 
     launch = commands.add_parser("launch", help="submit a job or the whole pipeline through submitit")
     launch.add_argument("job", choices=("stage1", "infer", "tune", "stage2", "pipeline"))

@@ -246,8 +246,14 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def to_yaml(config: Any) -> str:
+    """The config as YAML with its sections and keys in field order (tuples as lists): `load_config` of the
+    text gives the same config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def save_resolved(config: Any, folder: str | Path, name: str = "config.yaml") -> Path:
     """Write the resolved config next to the job's outputs (atomically); loading it back gives the same config."""
     path = Path(folder) / name
-    storage.write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    storage.write_text(path, to_yaml(config))
     return path

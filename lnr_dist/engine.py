@@ -13,6 +13,7 @@ from torch import nn
 
 from .data.loader import BatchLoader
 from .dist import all_reduce_sum
+from .experiment import TrainConfig
 from .losses import mixup
 from .metrics import MetricSums
 
@@ -23,16 +24,57 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: training stops instead of writing a broken checkpoint."""
 
 
-def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier per optimizer step: linear warm-up to 1, then cosine decay to 0 (per step, not per epoch)."""
+def lr_multiplier(train: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The LR multiplier of `train`'s schedule as a function of the optimizer step (LambdaLR's lr_lambda).
+
+    The trainer steps the scheduler after every optimizer step: the argument s is the number of optimizer steps
+    taken so far (0 before the first). Each parameter group's LR is its own base LR times the multiplier (stage 2:
+    the classifier at lr_factor x lr, LWS at lr, as in MiSLAS). The rule counts units u of one optimizer step
+    (`schedule_unit: step`: u = s, P = steps_per_epoch units per epoch) or of one epoch (`schedule_unit: epoch`:
+    u = s // steps_per_epoch, the 0-based epoch, P = 1, so the LR is set at the start of each epoch and held
+    through it). With W = warmup_epochs * P and T = epochs * P:
+    - warm-up, u < W: (u + 1) / W. Per epoch that is lr * k / warmup_epochs in the 1-based epochs
+      k = 1..warmup_epochs, the rule of MiSLAS's and LNR's `adjust_learning_rate` (train_stage1.py:
+      `lr * epoch / 5` for epochs 1-5, where 5 is hard-coded).
+    - cosine: 0.5 * (1 + cos(pi * (u - W) / (T - W))), 0 at the end of training. Per epoch without warm-up that
+      is `adjust_learning_rate` with `cos: True` (train_stage1.py) and in stage 2 (train_stage2.py, LNR's
+      train_stage2_lnr.py): 0.5 * lr * (1 + cos(pi * e / epochs)).
+    - step: gamma ** (number of milestones m with u >= m * P), i.e. x gamma once (1-based) epoch m has finished.
+      Milestones (160, 180) with gamma 0.1 per epoch is `adjust_learning_rate` with `cos: False` (CIFAR):
+      lr * 0.1 for epochs > 160, lr * 0.01 for epochs > 180.
+
+    Args:
+        train: the stage's TrainConfig (validated: milestones increasing inside (warmup_epochs, epochs]).
+        steps_per_epoch: optimizer steps per epoch (the train loader's length).
+
+    Raises:
+        ValueError: steps_per_epoch < 1.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    # count in units of one step or of one epoch; `per` = units per epoch
+    per_epoch = train.schedule_unit == "epoch"
+    per = 1 if per_epoch else steps_per_epoch
+    warmup, total = train.warmup_epochs * per, train.epochs * per
+    milestones = [m * per for m in train.milestones]
 
     def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        unit = step // steps_per_epoch if per_epoch else step
+        if unit < warmup:
+            return (unit + 1) / warmup
+        if train.schedule == "step":
+            return train.gamma ** sum(unit >= m for m in milestones)
+        progress = (unit - warmup) / (total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The scheduler of `train` (stepped once per optimizer step; its state, the step count, is checkpointed)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train, steps_per_epoch))
 
 
 def _prepare(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

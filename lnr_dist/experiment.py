@@ -3,6 +3,7 @@ typo anywhere fails before any cluster time is spent."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,11 @@ class TrainConfig:
 
     batch_size and eval_batch_size are GLOBAL (as papers state them); each of W workers takes batch_size / W,
     so the recipe means the same for any worker count.
+
+    Learning-rate schedule (lnr_dist.engine.lr_multiplier gives the exact rule): a linear warm-up over
+    `warmup_epochs`, then `schedule` cosine (to 0 at the end of `epochs`) or step (x `gamma` after each epoch
+    of `milestones`). `schedule_unit` step changes the LR after every optimizer step; epoch holds it for a whole
+    epoch, set at the epoch's start, as MiSLAS's and LNR's `adjust_learning_rate` do.
     """
 
     epochs: int = 10
@@ -27,6 +33,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     nesterov: bool = False
     warmup_epochs: int = 0
+    schedule: Literal["cosine", "step"] = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    schedule_unit: Literal["epoch", "step"] = "step"
     mixup_alpha: float = 0.0
     eval_batch_size: int = 256
     select_metric: Literal["balanced_acc", "top1"] = "balanced_acc"
@@ -44,6 +54,26 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0 (0 = off), got {self.mixup_alpha}")
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.schedule == "cosine":
+            if self.milestones:
+                raise ValueError("milestones apply to schedule: step only (cosine has none); remove them")
+            return
+        if not self.milestones:
+            raise ValueError(
+                "schedule: step needs milestones (epochs after which the LR is multiplied by gamma)"
+            )
+        if any(b <= a for a, b in itertools.pairwise(self.milestones)):
+            raise ValueError(f"milestones must be strictly increasing, got {list(self.milestones)}")
+        if not (self.warmup_epochs < self.milestones[0] and self.milestones[-1] <= self.epochs):
+            raise ValueError(
+                f"milestones must lie in (warmup_epochs, epochs] = ({self.warmup_epochs}, {self.epochs}], "
+                f"got {list(self.milestones)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from torch import nn
 from .calibration import fit_temperature, metrics_at
 from .data.manifest import Manifest
 from .data.sampling import balanced_order, instance_order
-from .engine import cosine_with_warmup
+from .engine import build_lr_scheduler
 from .experiment import Stage2Config
 from .lnr import FlipTable
 from .models import LearnableWeightScaling
@@ -71,9 +71,9 @@ def train_head(
     optimizer = torch.optim.SGD(groups, lr=s2.lr, momentum=s2.momentum, weight_decay=s2.weight_decay,
                                 nesterov=s2.nesterov)  # fmt: skip
     steps = math.ceil(len(y) / s2.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(steps * epochs, steps * s2.warmup_epochs)
-    )
+    # `epochs` may be the sweep's shorter tune.epochs: the schedule spans the epochs actually run
+    schedule = s2 if epochs == s2.epochs else replace(s2, epochs=epochs)
+    scheduler = build_lr_scheduler(optimizer, schedule, steps)
     loss_fn = stage2_loss(s2, manifest)
     result = HeadResult(head, -1, {objective: -math.inf})
     best_state = copy.deepcopy(head.state_dict())

@@ -33,7 +33,7 @@ from .data.loader import LoaderSpec, build_loader
 from .data.manifest import Manifest
 from .data.splits import Split, load_split
 from .dist import all_gather_arrays, barrier
-from .engine import collect_logits, cosine_with_warmup, evaluate, train_one_epoch
+from .engine import build_lr_scheduler, collect_logits, evaluate, train_one_epoch
 from .errors import UserError
 from .experiment import ExperimentConfig
 from .faults import inject_fault
@@ -167,10 +167,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         cfg.data, splits["train"], LoaderSpec.train(per_worker, cfg.seed, recipe.balanced_sampling), ctx
     )
     val_loader = build_loader(cfg.data, splits["val"], LoaderSpec.evaluate(eval_per_worker), ctx)
-    steps = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(steps * train_cfg.epochs, steps * train_cfg.warmup_epochs)
-    )
+    scheduler = build_lr_scheduler(optimizer, train_cfg, len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     config_dict = config_lib.to_dict(cfg)
     best: dict[str, Any] = {"metric": train_cfg.select_metric, "value": float("-inf"), "epoch": -1}

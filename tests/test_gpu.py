@@ -14,7 +14,8 @@ from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.data.splits import load_split
 from lnr_dist.dist import RankContext
-from lnr_dist.engine import collect_logits, cosine_with_warmup, evaluate, train_one_epoch
+from lnr_dist.engine import build_lr_scheduler, collect_logits, evaluate, train_one_epoch
+from lnr_dist.experiment import TrainConfig
 from lnr_dist.losses import CrossEntropy
 from lnr_dist.metrics import compute_metrics
 from lnr_dist.models import ModelConfig, build_model
@@ -38,9 +39,7 @@ def test_amp_channels_last_training_and_evaluation_on_cuda(mini_root, tmp_path, 
     model = build_model(ModelConfig(arch=arch), 10).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     epochs = 8
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(epochs * len(train_loader), 0)
-    )
+    scheduler = build_lr_scheduler(optimizer, TrainConfig(epochs=epochs), len(train_loader))
     scaler = torch.amp.GradScaler("cuda")
     rng = np.random.default_rng(0)
     losses = []

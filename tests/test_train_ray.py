@@ -14,7 +14,7 @@ from lnr_dist.cli import main
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.dist import RankContext
-from lnr_dist.engine import evaluate
+from lnr_dist.engine import evaluate, lr_multiplier
 from lnr_dist.metrics import compute_metrics
 from lnr_dist.models import build_model
 from lnr_dist.train import fit, load_splits
@@ -93,6 +93,10 @@ def test_interrupted_run_resumes_with_its_optimizer_state(mini_root, tmp_path, r
     assert rows[:2] == first_rows  # epochs 0-1 were not trained again
     steps = before["scheduler"]["last_epoch"] // 2
     assert after["scheduler"]["last_epoch"] == 4 * steps  # the schedule continued, it did not restart
+    factor = lr_multiplier(cfg.stage1, steps)  # the LR each epoch ended at, before and after the restart
+    assert [float(r["lr"]) for r in rows] == pytest.approx(
+        [cfg.stage1.lr * factor(steps * (e + 1)) for e in range(4)]
+    )
     assert results["epochs"] == 4
 
 
