@@ -38,6 +38,7 @@ def _cmd_flips(args: argparse.Namespace) -> int:
         "threshold": _yaml_scalar(args.threshold),
         "seed": _yaml_scalar(args.seed),
         "binary": True if args.binary else None,
+        "allow_empty_classes": True if args.allow_empty_classes else None,
     }
     cfg = load_config(FlipsConfig, args.config, args.overrides, flags)
     summary = run_flips(cfg)
@@ -250,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     flips.add_argument("--seed", help="seed of the uniform draws (default 0)")
     flips.add_argument("--out", help="output folder")
     flips.add_argument("--binary", action="store_true", help="binary variant: labels 0 majority, 1 minority")
+    flips.add_argument(
+        "--allow-empty-classes",
+        action="store_true",
+        help="flip even when a class has no sample (it then counts as the rarest and can receive flips)",
+    )
     _add_config_args(flips)
     flips.set_defaults(func=_cmd_flips)
 

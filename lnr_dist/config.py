@@ -212,12 +212,21 @@ def load_config(
 def load_section(cls: type[T], path: str | Path, section: str, overrides: Sequence[str] = ()) -> T:
     """Build `cls` from one top-level section of a job's YAML (e.g. `data`), ignoring the other sections.
 
-    Overrides are dotted from the top (`data.root=/x`); errors name the file, line and `section.key`.
+    Overrides follow the one rule of every job: dotted from the top of the YAML (`data.root=/x`), and a key
+    the command does not read is an unknown key. Only `section` is read here, so `root=/x` (no prefix) or
+    `model.arch=x` is refused, not silently dropped. Errors name the file, line and `section.key`.
     """
     source = _Source(str(path))
     data = _read_yaml(Path(path), source)
     for override in overrides:
         _apply_override(data, override, source)
+        key = override.partition("=")[0].strip()
+        if key.split(".")[0] != section:
+            hint = "" if "." in key else f": did you mean {section}.{key}?"
+            raise ConfigError(
+                f"{source.where(key)}: unknown key '{key}' (valid keys here: {section}; this command reads "
+                f"only the '{section}' section{hint})"
+            )
     if section not in data:
         raise ConfigError(f"{path}: missing required section '{section}'")
     value = data[section]

@@ -19,11 +19,14 @@ from .errors import UserError
 from .lnr import (
     ClassMoments,
     FlipTable,
+    InputError,
     binary_flips,
     check_inputs,
     check_threshold,
+    class_list,
     compute_flips,
     default_chunk_rows,
+    empty_classes,
 )
 from .lnr.stats import ClassStats
 
@@ -32,7 +35,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FlipsConfig:
-    """Inputs of `lnr-dist flips`. probs: (N, C) .npy, or (N,) minority probabilities with binary=true."""
+    """Inputs of `lnr-dist flips`. probs: (N, C) .npy, or (N,) minority probabilities with binary=true.
+
+    `allow_empty_classes`: by default labels in which a class of probs' C columns has no sample are refused,
+    since the paper's prior 1 - (n_c - n_min) / (n_max - n_min) makes an empty class the rarest and moves
+    samples into it. With it set, the rule runs as written, empty classes included.
+    """
 
     probs: str
     labels: str
@@ -42,6 +50,7 @@ class FlipsConfig:
     indices: str | None = None
     binary: bool = False
     chunk_rows: int | None = None
+    allow_empty_classes: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**63:
@@ -55,9 +64,13 @@ def _load_array(path: str, what: str) -> np.ndarray:
     if not file.is_file():
         raise UserError(f"{path}: {what} file not found")
     try:
-        return np.load(file, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
         raise UserError(f"{path}: cannot read {what} as a .npy array: {exc}") from exc
+    if not isinstance(array, np.ndarray):  # np.load opens .npz archives too
+        array.close()
+        raise UserError(f"{path}: a .npz archive, not a .npy array: save the {what} with np.save")
+    return array
 
 
 def build_summary(
@@ -91,11 +104,18 @@ def write_flip_outputs(out: Path, table: FlipTable, summary: dict[str, Any]) -> 
 
 
 def run_flips(cfg: FlipsConfig) -> dict[str, Any]:
-    """Validate everything, compute, then write flips.npz, summary.json and config.yaml under cfg.out."""
-    threshold = check_threshold(cfg.threshold)
+    """Validate everything, compute, then write flips.npz, summary.json and config.yaml under cfg.out.
+
+    Raises UserError naming the file (probs, labels or indices) or the key of any bad input.
+    """
+    try:
+        threshold = check_threshold(cfg.threshold)
+    except ValueError as exc:
+        raise UserError(f"key 'threshold': {exc}") from exc
     probs = _load_array(cfg.probs, "probabilities")
     labels = _load_array(cfg.labels, "labels")
     indices = _load_array(cfg.indices, "indices") if cfg.indices else None
+    files = {"probs": cfg.probs, "labels": cfg.labels, "indices": cfg.indices}
     if cfg.binary:
         if probs.ndim == 2 and probs.shape[1] == 2:
             probs = probs[:, 1]
@@ -110,7 +130,18 @@ def run_flips(cfg: FlipsConfig) -> dict[str, Any]:
     try:
         check_inputs(matrix, labels, indices, chunk_rows)
         if cfg.binary and labels.size and labels.max() > 1:
-            raise ValueError("binary mode needs 0/1 labels")
+            raise InputError("labels", "binary mode needs 0/1 labels")
+    except InputError as exc:
+        raise UserError(f"{files[exc.name]}: {exc}") from exc
+    # The labels hold every sample (no shards here): these are the global class counts.
+    empty = empty_classes(np.bincount(np.asarray(labels, np.int64), minlength=matrix.shape[1]))
+    if empty.size and not cfg.allow_empty_classes:
+        raise UserError(
+            f"{cfg.labels}: class(es) {class_list(empty)} of the {matrix.shape[1]} in {cfg.probs} have no "
+            "sample: LNR's prior would make an empty class the rarest and move samples into it. Fix the "
+            "labels (or drop those probs columns), or pass --allow-empty-classes (allow_empty_classes: true)"
+        )
+    try:
         if cfg.binary:
             stats = ClassStats.from_chunk(matrix, labels)
             moments = stats.moments()
@@ -118,8 +149,8 @@ def run_flips(cfg: FlipsConfig) -> dict[str, Any]:
         else:
             result = compute_flips(probs, labels, indices, threshold, cfg.seed, chunk_rows)
             moments, table = result.moments, result.table
-    except ValueError as exc:
-        raise UserError(f"{cfg.probs}: {exc}") from exc
+    except ValueError as exc:  # binary_flips: label 0 must be the majority
+        raise UserError(f"{cfg.labels}: {exc}") from exc
     arrays = (probs, labels) if indices is None else (probs, labels, indices)
     summary = build_summary(
         moments, table, threshold, cfg.seed, storage.sha256_arrays(*arrays), binary=cfg.binary

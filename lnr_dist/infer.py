@@ -30,17 +30,21 @@ from .checkpoint import load_model
 from .data.loader import LoaderSpec, build_loader
 from .data.manifest import GROUPS, Manifest
 from .data.sampling import shard_bounds
-from .data.splits import load_split
+from .data.splits import load_train_split
 from .dist import all_gather_arrays, all_reduce_sum, barrier
+from .errors import UserError
 from .experiment import ExperimentConfig
 from .faults import inject_fault
 from .flips_job import build_summary, write_flip_outputs
 from .lnr import (
+    ClassMoments,
     ClassStats,
     FlipTable,
     accumulate_stats,
     candidates_for_rows,
+    class_list,
     default_chunk_rows,
+    empty_classes,
     flips_for_rows,
 )
 from .models import Network
@@ -68,7 +72,7 @@ def run_inference(cfg: ExperimentConfig) -> dict[str, Any]:
     """Driver: check inputs, run the workers, return summary.json."""
     cfg = cfg.with_absolute_paths()
     cfg.check_global_batch("infer.batch_size")
-    load_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes, "train")
+    load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
     load_model(cfg.model, cfg.data.num_classes, checkpoint_path(cfg))
     out = Path(cfg.run_dir) / "infer"
     partial_path(out / "predictions.npy").unlink(missing_ok=True)  # left by a run that failed mid-write
@@ -136,13 +140,31 @@ def predict_shard(
     return sums / passes, forwards, pass_seconds
 
 
+def global_moments(predictions: np.ndarray, labels: np.ndarray, chunk_rows: int, where: str) -> ClassMoments:
+    """The flip rule's moments from this worker's (R, C) predictions and (R,) labels and every other worker's,
+    through ONE all-reduce of the exact statistics (a no-op outside torch.distributed).
+
+    Raises UserError naming `where` when a class has no sample in the GLOBAL counts. A worker's own rows may
+    lack classes (a shard of a class-sorted split does), so nothing is checked before the all-reduce.
+    """
+    local = accumulate_stats(predictions, labels, chunk_rows)
+    moments = ClassStats.from_array(all_reduce_sum(local.to_array())).moments()  # the one all-reduce
+    empty = empty_classes(moments.counts)
+    if empty.size:
+        raise UserError(
+            f"{where}: class(es) {class_list(empty)} have no training sample: LNR's prior would make an empty "
+            "class the rarest and move samples into it; fix the split or data.num_classes"
+        )
+    return moments
+
+
 def infer_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_lib.from_dict(ExperimentConfig, loop_config["config"], "<ray worker config>")
     ctx, device = worker_setup(cfg.ray)
     icfg = cfg.infer
     seed = cfg.seed if icfg.seed is None else icfg.seed
     out = Path(cfg.run_dir) / "infer"
-    split = load_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes, "train")
+    split = load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
     num_samples, num_classes = len(split), cfg.data.num_classes
     path = checkpoint_path(cfg)
     model = load_model(cfg.model, cfg.data.num_classes, path).to(device)
@@ -162,9 +184,7 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     predictions = mean_probs.astype(icfg.predictions_dtype, copy=False)
     labels, indices = split.labels[start:stop], np.arange(start, stop, dtype=np.int64)
     chunk_rows = default_chunk_rows(num_classes)
-    local_stats = accumulate_stats(predictions, labels, chunk_rows)
-    stats = ClassStats.from_array(all_reduce_sum(local_stats.to_array()))  # the one all-reduce
-    moments = stats.moments()
+    moments = global_moments(predictions, labels, chunk_rows, split.file)
     table = flips_for_rows(predictions, labels, indices, moments, icfg.threshold, seed, chunk_rows)
     parts = [all_gather_arrays(a) for a in (table.index, table.source, table.target)]
     candidates = None

@@ -31,7 +31,7 @@ from .calibration import fit_temperature, metrics_at
 from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state, unwrap
 from .data.loader import LoaderSpec, build_loader
 from .data.manifest import Manifest
-from .data.splits import Split, load_split
+from .data.splits import Split, load_split, load_train_split
 from .dist import all_gather_arrays, barrier
 from .engine import build_lr_scheduler, collect_logits, evaluate, train_one_epoch
 from .errors import UserError
@@ -51,9 +51,13 @@ CSV_FIELDS = (
 
 
 def load_splits(cfg: ExperimentConfig) -> dict[str, Split]:
+    """The three splits; the training split through `load_train_split`, which refuses empty classes."""
     data = cfg.data
-    files = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
-    return {name: load_split(file, data.root, data.num_classes, name) for name, file in files.items()}
+    return {
+        "train": load_train_split(data.train_split, data.root, data.num_classes),
+        "val": load_split(data.val_split, data.root, data.num_classes, "val"),
+        "test": load_split(data.test_split, data.root, data.num_classes, "test"),
+    }
 
 
 def write_test_logits(

@@ -25,6 +25,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from . import config as config_lib
 from . import storage
+from .data.splits import load_train_split
 from .errors import UserError
 from .experiment import ExperimentConfig
 from .features import cached_features, head_inputs, stage1_checkpoint
@@ -124,6 +125,7 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
     cfg = cfg.with_absolute_paths()
     if cfg.stage2.method != "lnr":
         raise UserError(f"the threshold sweep tunes LNR flips; stage2.method is {cfg.stage2.method!r}")
+    load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)  # refuses empty classes
     source = FlipSource(cfg)  # fails early without the inference job's outputs
     space, num_samples, scheduler = _space(cfg)
     lowest = min(cfg.tune.thresholds) if cfg.tune.scheduler == "grid" else cfg.tune.search_min

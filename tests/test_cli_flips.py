@@ -174,3 +174,47 @@ def test_console_script_is_installed(inputs):
     )
     assert completed.returncode == 2
     assert "threshold" in completed.stderr
+
+
+def test_labels_with_an_empty_class_are_refused_unless_allowed(inputs, long_tailed_set, capsys):
+    # Issue 14 case 3: the paper's prior makes an empty class the rarest (prior 1) and moves samples into it.
+    probs, labels = long_tailed_set
+    keep = (labels != 5) & (labels != 7)
+    probs_path, labels_path = bad(inputs, "p.npy", probs[keep]), bad(inputs, "l.npy", labels[keep])
+    args = ["--probs", probs_path, "--labels", labels_path, "--threshold", "1.0", "--out", inputs / "out"]
+    assert run(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lnr-dist flips: error: {labels_path}: class(es) 5, 7 of the 12 in {probs_path} have no sample: LNR's "
+        "prior would make an empty class the rarest and move samples into it. Fix the labels (or drop those "
+        "probs columns), or pass --allow-empty-classes (allow_empty_classes: true)"
+    )
+    assert not (inputs / "out").exists()
+    assert run([*args, "--allow-empty-classes"]) == 0
+    summary = json.loads((inputs / "out" / "summary.json").read_text())
+    assert summary["counts"][5] == summary["counts"][7] == 0 and summary["prior"][5] == 1.0
+
+
+@pytest.mark.parametrize("labels_of", [lambda x: x[:, None], lambda x: x.astype(np.float32)])
+def test_labels_of_the_wrong_shape_or_dtype_name_the_labels_file(inputs, long_tailed_set, capsys, labels_of):
+    # Issue 14 case 9: the message used to blame the probabilities file.
+    probs, labels = long_tailed_set
+    labels_path = bad(inputs, "L.npy", labels_of(labels))
+    args = [
+        "--probs",
+        inputs / "probs.npy",
+        "--labels",
+        labels_path,
+        "--threshold",
+        "1.0",
+        "--out",
+        inputs / "o",
+    ]
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip()
+    expected = (
+        f"labels must have shape ({labels.size},) to match probs, got ({labels.size}, 1) (flatten it: "
+        "labels.reshape(-1))"
+        if labels_of(labels).ndim == 2
+        else "labels must be integers, got float32 (save them with labels.astype(np.int64))"
+    )
+    assert err == f"lnr-dist flips: error: {labels_path}: {expected}"

@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from lnr_dist.config import ConfigError, load_config, save_resolved
+from lnr_dist.config import ConfigError, load_config, load_section, save_resolved
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,20 @@ def test_bad_overrides(tmp_path, override, message):
     path = write(tmp_path, "name: a\nepochs: 3\noptim:\n  lr: 1\n")
     with pytest.raises(ConfigError, match=message):
         load_config(Job, path, [override])
+
+
+def test_a_section_reads_only_overrides_of_that_section(tmp_path):
+    # Issue 14 case 5: `data check` read `num_classes=3` as a top-level key and dropped it silently.
+    path = write(tmp_path, "job:\n  name: a\n  epochs: 3\n  optim:\n    lr: 1\nother: {anything: 1}\n")
+    assert load_section(Job, path, "job", ["job.epochs=4", "job.optim.lr=0.5"]) == Job("a", 4, Optim(0.5))
+    with pytest.raises(
+        ConfigError, match=r"^command line 'epochs': unknown key 'epochs' \(valid keys here: job;"
+    ):
+        load_section(Job, path, "job", ["epochs=4"])
+    with pytest.raises(ConfigError, match=r"^command line 'other.anything': unknown key 'other.anything'"):
+        load_section(Job, path, "job", ["other.anything=2"])
+    with pytest.raises(ConfigError, match=r"^command line 'job.epoch': unknown key 'job.epoch' \(valid keys"):
+        load_section(Job, path, "job", ["job.epoch=4"])
 
 
 def test_null_where_a_number_is_required(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from lnr_dist.cli import main
 from lnr_dist.errors import UserError
-from lnr_dist.infer import predict_shard, run_inference
+from lnr_dist.infer import global_moments, predict_shard, run_inference
 from lnr_dist.lnr import compute_flips, flips_from_candidates
 from lnr_dist.storage import load_flip_table
 
@@ -170,3 +170,34 @@ def test_a_sample_seen_the_wrong_number_of_times_is_an_error():
     assert probs.shape == (2, 3) and forwards == 2  # the repeated batch is padding: dropped by index
     with pytest.raises(RuntimeError, match="not seen exactly 1 times, e.g. index 2"):
         predict_shard(model, _Batches([batch]), 0, 3, 1, torch.device("cpu"), False)
+
+
+def test_a_class_sorted_split_is_checked_on_global_counts_not_per_shard(
+    mini_root, tmp_path, stage1_checkpoint
+):
+    # Issue 14 case 3: a shard of a class-sorted split misses classes; only the all-reduced counts may not.
+    lines = sorted(
+        (mini_root / "Mini_LT_train.txt").read_text().splitlines(), key=lambda s: int(s.split()[1])
+    )
+    (tmp_path / "sorted.txt").write_text("\n".join(lines) + "\n")
+    labels = np.array([int(line.split()[1]) for line in lines])
+    halves = np.array_split(labels, 2)
+    assert all(len(set(half)) < 10 for half in halves)  # each worker's shard lacks classes
+    cfg = infer_config(
+        mini_root, tmp_path / "run", stage1_checkpoint, 2, data={"train_split": str(tmp_path / "sorted.txt")}
+    )
+    summary = run_inference(cfg)
+    assert summary["counts"] == np.bincount(labels, minlength=10).tolist()
+    out = tmp_path / "run" / "infer"
+    result = compute_flips(
+        np.load(out / "predictions.npy"), np.load(out / "labels.npy"), None, THRESHOLD, seed=0
+    )
+    np.testing.assert_array_equal(result.moments.mean, summary["mean"])
+    assert summary["num_flips"] == len(result.table)
+
+
+def test_global_moments_refuse_a_class_empty_in_every_shard():
+    probs = np.full((6, 4), 0.25, dtype=np.float32)
+    with pytest.raises(UserError, match=r"^train.txt: class\(es\) 1, 3 have no training sample"):
+        global_moments(probs, np.array([0, 0, 2, 2, 0, 2]), 4, "train.txt")
+    assert global_moments(probs, np.array([0, 1, 2, 3, 0, 2]), 4, "train.txt").counts.tolist() == [2, 1, 2, 1]

@@ -9,7 +9,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import DataConfig
-from .splits import SplitProblem, parse_split
+from .decode import dali_disagreement, load_rgb
+from .splits import SplitProblem, empty_class_problem, parse_split
 
 SPLITS = ("train", "val", "test")
 
@@ -19,13 +20,23 @@ def split_files(cfg: DataConfig) -> dict[str, str]:
 
 
 def decode_problem(path: Path) -> str | None:
-    """None when PIL can fully decode the image, else the reason."""
+    """None when the PyTorch loader's decoder (`decode.load_rgb`) reads the whole image, else the reason."""
     try:
-        with Image.open(path) as image:
-            image.load()
+        load_rgb(path)
     except Exception as exc:  # PIL raises many types for broken files; every one is a finding here
         return f"cannot decode image {path.name}: {type(exc).__name__}: {exc}"
     return None
+
+
+def disagreement_problem(path: Path) -> str | None:
+    """None when both loaders give the same picture of the file (see `decode.dali_disagreement`), else why not.
+    Reads the header only."""
+    try:
+        with Image.open(path) as image:
+            reason = dali_disagreement(image)
+    except Exception as exc:  # as in decode_problem
+        return f"cannot decode image {path.name}: {type(exc).__name__}: {exc}"
+    return None if reason is None else f"{path.name}: {reason}"
 
 
 # Leading bytes of the formats DALI decodes, and for JPEG/PNG the bytes every complete file ends with.
@@ -36,16 +47,15 @@ _MAGIC = {
     "TIFF": b"II*\x00",
     "TIFF (big-endian)": b"MM\x00*",
     "WebP": b"RIFF",
+    "PNM": tuple(b"P%d" % n for n in range(1, 7)),  # PNM has no trailer to check
     "JPEG 2000": b"\x00\x00\x00\x0cjP  ",
 }
 _TRAILER = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 _TAIL_BYTES = 64  # a complete JPEG may carry a few padding bytes after its end marker
 
 
-def structure_problem(path: Path) -> str | None:
-    """A cheap look (first and last bytes, no decoding) for the usual damage: an empty or truncated file, or
-    one that is no image. None when it looks whole; may flag a valid file with unusual padding, so callers
-    confirm with `decode_problem`."""
+def _look(path: Path) -> tuple[str | None, str | None]:
+    """(the format the first bytes announce, or None; what looks wrong in the first and last bytes, or None)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as file:
@@ -53,29 +63,55 @@ def structure_problem(path: Path) -> str | None:
             file.seek(max(size - _TAIL_BYTES, 0))
             tail = file.read()
     except OSError as exc:
-        return f"cannot read {path}: {exc}"
+        return None, f"cannot read {path}: {exc}"
     if size == 0:
-        return f"empty file {path.name}"
+        return None, f"empty file {path.name}"
     kind = next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
     if kind is None:
-        return f"{path.name} does not start like a JPEG, PNG, BMP, TIFF, WebP or JPEG 2000 image"
+        return None, f"{path.name} does not start like a JPEG, PNG, BMP, TIFF, PNM, WebP or JPEG 2000 image"
     if kind in _TRAILER and _TRAILER[kind] not in tail:
-        return f"{path.name} is a truncated {kind} (no end marker)"
-    return None
+        return kind, f"{path.name} is a truncated {kind} (no end marker)"
+    return kind, None
+
+
+def structure_problem(path: Path) -> str | None:
+    """A cheap look (first and last bytes, no decoding) for the usual damage: an empty or truncated file, or
+    one that is no image. None when it looks whole; may flag a valid file with unusual padding, so callers
+    confirm with `decode_problem`."""
+    return _look(path)[1]
+
+
+def image_problem(path: Path, decode: bool = False) -> str | None:
+    """What would stop a loader on this image, or make the two loaders see different pictures; None if nothing.
+
+    With `decode` every image is decoded; without, only those whose first and last bytes look wrong
+    (`structure_problem`) are, and TIFFs have their header read (their mode decides whether DALI agrees).
+    """
+    kind, look = _look(path)
+    if look is not None or decode:
+        reason = decode_problem(path)
+        if reason is not None:
+            return reason
+    elif kind not in ("TIFF", "TIFF (big-endian)"):
+        return None
+    return disagreement_problem(path)
 
 
 def check_data(cfg: DataConfig, decode: bool = False, progress: bool = False) -> list[SplitProblem]:
-    """Every problem in the three splits: format, labels, duplicates (also across splits), missing files and
-    images that do not decode: with `decode` every image is decoded, else only those that look empty, truncated
-    or foreign in their first and last bytes (seconds for ImageNet-LT; what the DALI loader looks at)."""
+    """Every problem in the three splits: format, labels, classes with no training image, duplicates (also
+    across splits), missing files, images that do not decode and images the two loaders would see differently
+    (`image_problem`): with `decode` every image is decoded, else only those that look empty, truncated or
+    foreign in their first and last bytes (seconds for ImageNet-LT; what the DALI loader looks at)."""
     problems: list[SplitProblem] = []
     seen_in: dict[str, tuple[str, int]] = {}
     for name, file in split_files(cfg).items():
         if not Path(file).is_file():
-            problems.append(SplitProblem(file, 0, f"{name} split file not found"))
+            problems.append(SplitProblem(file, 0, f"{name} split file not found (data.{name}_split)"))
             continue
         split, found = parse_split(file, cfg.root, cfg.num_classes, name)
         problems += found
+        if name == "train" and (reason := empty_class_problem(split, cfg.num_classes)) is not None:
+            problems.append(SplitProblem(file, 0, reason))
         samples: Iterable[int] = range(len(split))
         if progress:
             samples = tqdm(samples, desc=f"check {name}", unit="img", disable=None)
@@ -91,6 +127,6 @@ def check_data(cfg: DataConfig, decode: bool = False, progress: bool = False) ->
             path = Path(split.full_path(i))
             if not path.is_file():
                 problems.append(SplitProblem(file, line, f"missing file {path}"))
-            elif (decode or structure_problem(path) is not None) and (reason := decode_problem(path)):
+            elif reason := image_problem(path, decode):
                 problems.append(SplitProblem(file, line, reason))
     return problems

@@ -22,7 +22,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from ..errors import UserError
-from .check import decode_problem, structure_problem
+from .check import image_problem
 from .loader import Batch, BatchLoader
 from .sampling import balanced_order, shard_bounds, shard_of
 
@@ -107,17 +107,17 @@ class DaliLoader(BatchLoader):
     def _check_files(self) -> None:
         """DALI 2.4's CPU decoder can crash the process (SIGSEGV) on an undecodable image instead of raising, so
         before the first pipeline each rank looks at its 1/world_size of the split (together: all of it, as
-        shuffled epochs move every file through every rank) for truncated, empty or non-image files."""
+        shuffled epochs move every file through every rank) for truncated, empty or non-image files, and for
+        images DALI refuses or reads as another picture than the PyTorch loader (`check.image_problem`)."""
         bad = []
         for i in range(self.ctx.rank, len(self.split), self.ctx.world_size):
-            path = Path(self.split.full_path(i))
-            if structure_problem(path) is not None and (reason := decode_problem(path)) is not None:
+            if (reason := image_problem(Path(self.split.full_path(i)))) is not None:
                 bad.append((i, reason))
         if bad:
             listed = "\n".join(f"{self.split.where(i)}: {why} ({self.split.full_path(i)})" for i, why in bad)
             raise UserError(
-                f"{len(bad)} image(s) would stop the DALI loader (fix or drop them, or use loader: torch with "
-                f"skip_corrupt: true):\n{listed}"
+                f"{len(bad)} image(s) would stop the DALI loader or differ from what the PyTorch loader reads "
+                f"(fix, convert or drop them, or use loader: torch):\n{listed}"
             )
         self._checked = True
 
@@ -204,12 +204,19 @@ class DaliLoader(BatchLoader):
         order, shard_id, num_shards, _ = self._reader_plan()
         start, stop = shard_bounds(len(order), shard_id, num_shards)
         for candidates in (order[start:stop], np.arange(len(self.split))):
-            bad = [
-                int(i) for i in candidates if decode_problem(Path(self.split.full_path(int(i)))) is not None
+            found = [
+                (int(i), image_problem(Path(self.split.full_path(int(i))), decode=True)) for i in candidates
             ]
+            bad = [(i, why) for i, why in found if why is not None]
             if bad:
                 listed = "\n".join(
-                    f"{self.split.where(i)}: cannot decode image {self.split.full_path(i)}" for i in bad
+                    f"{self.split.where(i)}: {why} ({self.split.full_path(i)})" for i, why in bad
                 )
-                return f"DALI could not decode {len(bad)} image(s) (set loader: torch and skip_corrupt: true to skip):\n{listed}"
-        return f"{self.split.file}: DALI failed to decode an image that PIL decodes; see the DALI error above"
+                return (
+                    f"DALI could not decode {len(bad)} image(s) (fix, convert or drop them, or set loader: torch, "
+                    f"with skip_corrupt: true to skip undecodable ones):\n{listed}"
+                )
+        return (
+            f"{self.split.file}: DALI failed to decode an image that the PyTorch loader decodes; see the DALI "
+            "error above, and try loader: torch"
+        )

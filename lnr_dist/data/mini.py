@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .. import storage
+from ..errors import UserError
 from .cifar import exponential_profile
 
 PREFIX = "Mini_LT"
@@ -35,7 +36,7 @@ def make_mini(out: str | Path, imb_factor: float = 0.01, seed: int = 0, size: in
     from sklearn.datasets import load_digits
 
     if not 0.0 < imb_factor <= 1.0:
-        raise ValueError(f"imb_factor must be in (0, 1], got {imb_factor}")
+        raise UserError(f"--imb-factor must be in (0, 1] (n_min / n_max), got {imb_factor}")
     digits = load_digits()
     rng = np.random.default_rng(seed)
     out = Path(out)

@@ -2,16 +2,26 @@
 
 A sample's dataset index is its 0-based position among the split's samples (non-blank lines), and every
 per-sample result (predictions, flips) is addressed by it.
+
+Files are read as people's tools write them: UTF-8 with or without a byte-order mark (Windows editors write
+one), UTF-16 with its mark, LF or CRLF line ends. Paths are relative to `data.root`, always: a leading `/` (the
+official Places365 lists write `/a/airfield/00000001.jpg 0`) is stripped, with one notice per file.
 """
 
 from __future__ import annotations
 
+import codecs
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..lnr.validate import class_list, empty_classes
+
+log = logging.getLogger(__name__)
+_NOTED_SLASHES: set[str] = set()  # split files whose leading-slash notice was logged in this process
 
 
 @dataclass(frozen=True)
@@ -23,7 +33,8 @@ class SplitProblem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
+        """`file:line: reason`, or `file: reason` for a problem of the whole file (line 0)."""
+        return f"{self.file}:{self.line}: {self.reason}" if self.line else f"{self.file}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -48,52 +59,90 @@ class Split:
         return f"{self.file}:{int(self.lines[index])}"
 
 
+def _key_of(name: str) -> str:
+    """' (data.train_split)' for the split a config key names, for messages."""
+    return f" (data.{name}_split)" if name in ("train", "val", "test") else ""
+
+
+def _text_lines(file: Path) -> list[str | None]:
+    """The file's lines as text (None for a line that is not valid UTF-8), after its byte-order mark."""
+    data = file.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16").splitlines()
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{file}: starts like UTF-16 text but is not ({exc}); save it as UTF-8") from exc
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    lines: list[str | None] = []
+    for raw in data.splitlines():  # LF, CRLF or CR
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(None)
+    return lines
+
+
 def parse_split(
     file: str | Path, root: str | Path, num_classes: int | None, name: str = ""
 ) -> tuple[Split, list[SplitProblem]]:
     """Parse a split file, collecting every format problem instead of stopping at the first.
 
-    Checks: two fields per line, integer label, label in [0, num_classes), no duplicate path. Lines with a
-    problem are left out of the returned Split.
+    Checks: valid UTF-8, two fields per line, integer label, label in [0, num_classes), no duplicate path.
+    Lines with a problem are left out of the returned Split. A leading `/` is stripped from paths (see the
+    module docstring).
     """
     file = Path(file)
     if not file.is_file():
-        raise UserError(f"{file}: split file not found")
+        raise UserError(f"{file}: split file not found{_key_of(name)}")
     problems: list[SplitProblem] = []
     paths: list[str] = []
     labels: list[int] = []
     lines: list[int] = []
     first_line_of: dict[str, int] = {}
-    with open(file, encoding="utf-8", errors="replace") as handle:
-        for number, raw in enumerate(handle, start=1):
-            text = raw.strip()
-            if not text:
-                continue
-            fields = text.rsplit(maxsplit=1)
-            if len(fields) != 2:
-                problems.append(SplitProblem(str(file), number, f"expected '<path> <label>', got {text!r}"))
-                continue
-            path, label_text = fields
-            try:
-                label = int(label_text)
-            except ValueError:
-                problems.append(SplitProblem(str(file), number, f"label {label_text!r} is not an integer"))
-                continue
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-                problems.append(SplitProblem(str(file), number, f"label {label} out of range {bound}"))
-                continue
-            if path in first_line_of:
-                problems.append(
-                    SplitProblem(
-                        str(file), number, f"duplicate path {path!r} (first on line {first_line_of[path]})"
-                    )
+    first_slash = 0
+    for number, raw in enumerate(_text_lines(file), start=1):
+        if raw is None:
+            problems.append(SplitProblem(str(file), number, "not UTF-8 text; save the split file as UTF-8"))
+            continue
+        text = raw.strip()
+        if not text:
+            continue
+        fields = text.rsplit(maxsplit=1)
+        if len(fields) != 2:
+            problems.append(SplitProblem(str(file), number, f"expected '<path> <label>', got {text!r}"))
+            continue
+        path, label_text = fields
+        try:
+            label = int(label_text)
+        except ValueError:
+            problems.append(SplitProblem(str(file), number, f"label {label_text!r} is not an integer"))
+            continue
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            bound = f"[0, {num_classes}) (data.num_classes)" if num_classes is not None else ">= 0"
+            problems.append(SplitProblem(str(file), number, f"label {label} out of range {bound}"))
+            continue
+        if path.startswith("/"):
+            first_slash = first_slash or number
+            path = path.lstrip("/")
+        if path in first_line_of:
+            problems.append(
+                SplitProblem(
+                    str(file), number, f"duplicate path {path!r} (first on line {first_line_of[path]})"
                 )
-                continue
-            first_line_of[path] = number
-            paths.append(path)
-            labels.append(label)
-            lines.append(number)
+            )
+            continue
+        first_line_of[path] = number
+        paths.append(path)
+        labels.append(label)
+        lines.append(number)
+    if first_slash and str(file) not in _NOTED_SLASHES:
+        _NOTED_SLASHES.add(str(file))
+        log.warning(
+            "%s: paths start with '/' (first on line %d); split paths are relative to data.root, always, "
+            "so they are read as %s/<path without the leading '/'>",
+            file, first_slash, root,
+        )  # fmt: skip
     split = Split(
         name or file.stem,
         str(file),
@@ -105,13 +154,47 @@ def parse_split(
     return split, problems
 
 
+def empty_class_problem(split: Split, num_classes: int) -> str | None:
+    """None when every class in [0, num_classes) has a sample in `split`, else what is wrong and what to do.
+
+    An empty training class breaks LNR: its class prior (1 - (n_c - n_min) / (n_max - n_min)) makes it the
+    rarest class, and flips would move samples into a class the model never saw.
+    """
+    empty = empty_classes(np.bincount(split.labels, minlength=num_classes))
+    if not empty.size:
+        return None
+    used = int(split.labels.max()) + 1 if len(split) else 0
+    fix = (
+        f"set data.num_classes to {used} (the labels use 0..{used - 1})"
+        if used and np.array_equal(empty, np.arange(used, num_classes))
+        else "add images of those classes to the split, or renumber the labels 0..C-1 without gaps"
+    )
+    return (
+        f"class(es) {class_list(empty)} of data.num_classes = {num_classes} have no images in this split: "
+        f"{fix}"
+    )
+
+
 def load_split(file: str | Path, root: str | Path, num_classes: int | None, name: str = "") -> Split:
     """Parse a split file; any problem is a UserError listing `file:line: reason` (first 20)."""
     split, problems = parse_split(file, root, num_classes, name)
     if problems:
         shown = "\n".join(str(p) for p in problems[:20])
         more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise UserError(f"{len(problems)} problem(s) in split file {file}:\n{shown}{more}")
+        raise UserError(
+            f"{len(problems)} problem(s) in split file {file} (`lnr-dist data check` lists every problem of "
+            f"every split):\n{shown}{more}"
+        )
     if not len(split):
-        raise UserError(f"{file}: split file has no samples")
+        raise UserError(f"{file}: split file has no samples{_key_of(name)}")
+    return split
+
+
+def load_train_split(file: str | Path, root: str | Path, num_classes: int) -> Split:
+    """The training split of a job, refused (UserError) when a class has no training image: every job loads
+    its training split through here before any cluster time (see `empty_class_problem`)."""
+    split = load_split(file, root, num_classes, "train")
+    reason = empty_class_problem(split, num_classes)
+    if reason is not None:
+        raise UserError(f"{file}: {reason}")
     return split

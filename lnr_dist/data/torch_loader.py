@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError
+from .decode import load_rgb
 from .loader import Batch, BatchLoader
 from .sampling import balanced_order, instance_order, shard_of
 from .splits import Split
@@ -30,12 +30,14 @@ class _Samples(Dataset):
         index, epoch = key
         path = self.split.full_path(index)
         try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
+            rgb = load_rgb(path)  # the rule DALI decodes by, for every PIL mode
         except Exception as exc:  # any decode failure is about this one file; say which
             if self.skip_corrupt:
                 return None, path, index
-            raise UserError(f"{self.split.where(index)}: cannot decode image {path}: {exc}") from exc
+            raise UserError(
+                f"{self.split.where(index)}: cannot decode image {path}: {exc} (fix or drop it: "
+                "`lnr-dist data check --decode` lists every such image; data.skip_corrupt: true skips them)"
+            ) from exc
         return self.transform(rgb, sample_rng(self.seed, index, epoch)), int(self.split.labels[index]), index
 
 

@@ -60,6 +60,7 @@ class Submitted:
 def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
     """What can fail without a cluster fails here: splits and their files, batch sizes, and the inputs a job
     reads from earlier steps (unless the pipeline makes them)."""
+    from ..data.splits import load_train_split
     from ..flip_sources import FlipSource
     from ..infer import checkpoint_path
     from ..train import preflight
@@ -71,6 +72,7 @@ def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
         if not checkpoint_path(cfg).is_file():
             raise UserError(f"{checkpoint_path(cfg)} not found: run stage1 first (or set infer.checkpoint)")
     elif job == "tune":
+        load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
         FlipSource(cfg)
 
 

@@ -15,7 +15,7 @@ from .flips import (
 from .rng import uniforms
 from .stats import ClassMoments, ClassStats, accumulate_stats, class_prior
 from .table import FlipTable
-from .validate import check_inputs, check_threshold
+from .validate import InputError, check_inputs, check_threshold, class_list, empty_classes
 
 __all__ = [
     "Candidates",
@@ -23,14 +23,17 @@ __all__ = [
     "ClassStats",
     "FlipResult",
     "FlipTable",
+    "InputError",
     "accumulate_stats",
     "binary_flips",
     "candidates_for_rows",
     "check_inputs",
     "check_threshold",
+    "class_list",
     "class_prior",
     "compute_flips",
     "default_chunk_rows",
+    "empty_classes",
     "flip_rates",
     "flips_for_rows",
     "flips_from_candidates",

@@ -11,7 +11,9 @@ from lnr_dist.lnr import (
     accumulate_stats,
     binary_flips,
     candidates_for_rows,
+    class_list,
     compute_flips,
+    empty_classes,
     flip_rates,
     flips_from_candidates,
 )
@@ -185,3 +187,10 @@ def test_binary_variant_equals_two_class_engine():
 def test_binary_refuses_minority_zero():
     with pytest.raises(ValueError, match="majority"):
         binary_flips(np.full(3, 0.5), np.array([1, 1, 0]), None, 0.0, 0)
+
+
+def test_empty_classes_are_listed_with_runs_as_ranges():
+    counts = np.array([4, 0, 2, 0, 0, 0, 7, 0])
+    assert empty_classes(counts).tolist() == [1, 3, 4, 5, 7]
+    assert class_list(empty_classes(counts)) == "1, 3-5, 7"
+    assert class_list(np.array([], dtype=np.int64)) == ""
