@@ -279,6 +279,13 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
+        # sweep trials run stage 2 for tune.epochs: a step schedule must still fit in that shorter run
+        s2 = self.stage2
+        if self.tune.epochs is not None and s2.milestones and s2.milestones[-1] > self.tune.epochs:
+            raise ValueError(
+                f"tune.epochs ({self.tune.epochs}) is shorter than the last of stage2.milestones "
+                f"({s2.milestones[-1]}): raise tune.epochs or leave it unset (= stage2.epochs)"
+            )
 
     def check_global_batch(self, *keys: str) -> None:
         """Batch sizes are global: each named `section.key` must split evenly over ray.num_workers."""

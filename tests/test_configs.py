@@ -168,3 +168,14 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
 def test_missing_config_file_is_one_line(capsys, tmp_path):
     assert main(["config", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_sweep_epochs_shorter_than_the_stage2_step_schedule_is_a_config_error(tmp_path):
+    from lnr_dist.config import ConfigError
+
+    overrides = ["stage2.schedule=step", "stage2.epochs=20", "stage2.milestones=[10, 15]", "tune.epochs=12"]
+    with pytest.raises(
+        ConfigError, match=r"tune.epochs \(12\) is shorter than the last of stage2.milestones \(15\)"
+    ):
+        load_config(ExperimentConfig, "configs/mini.yaml", overrides)
+    load_config(ExperimentConfig, "configs/mini.yaml", overrides[:-1] + ["tune.epochs=16"])
