@@ -206,7 +206,8 @@ def _group_spans(axis: Any, manifest: Manifest, bins: list[np.ndarray]) -> None:
         where = np.flatnonzero(groups == g)
         if where.size:
             axis.axvspan(where[0] - 0.5, where[-1] + 0.5, color=colour, zorder=0)
-            axis.text((where[0] + where[-1]) / 2, 1.01, f"{name} ({int((manifest.group == g).sum())} classes)",
+            size = int((manifest.group == g).sum())
+            axis.text((where[0] + where[-1]) / 2, 1.01, f"{name} ({size} class{'es' if size > 1 else ''})",
                       transform=axis.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)  # fmt: skip
 
 
