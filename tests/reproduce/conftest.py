@@ -6,8 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lnr_dist import storage
+from lnr_dist.calibration import metrics_at
 from lnr_dist.data.config import DataConfig
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.experiment import ExperimentConfig, ReproduceConfig
@@ -31,8 +33,8 @@ def synthetic_run(
     logits_methods: tuple[str, ...] | None = None,
     threshold: float = 14.5,
 ) -> tuple[ExperimentConfig, list[SeedOutcome]]:
-    """Writes, per seed k, <run_dir>/seed<k>/: methods/<m>/results.json (test metrics with per_class_acc, a few
-    classes absent from test as null, and the manifest), methods/<m>/test_logits.npz (float32 logits, labels,
+    """Writes, per seed k, <run_dir>/seed<k>/: methods/<m>/results.json (test metrics computed from the logits,
+    so per_class_acc follows EFFECTS, a few classes absent from test as null, and the manifest), methods/<m>/test_logits.npz (float32 logits, labels,
     indices; for `logits_methods`, default all), infer/summary.json + candidates.npz (LNR candidates at
     t_min = threshold - 4), tune/sweep.csv + chosen_threshold.json (at `threshold`), stage1/metrics.csv.
 
@@ -50,25 +52,30 @@ def synthetic_run(
         data=data, run_dir=str(run_dir), reproduce=ReproduceConfig(methods=methods, seeds=seeds)
     )
     position = np.log(counts.max() / counts) / np.log(counts.max() / counts.min())  # 0 head .. 1 tail
-    outcomes = []
+    present = np.random.default_rng(99).random(num_classes) > 0.01  # ~1% of classes have no test image
+    outcomes = []  # one test split for every seed (as in a real run)
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         folder = run_dir / f"seed{seed}"
-        present = rng.random(num_classes) > 0.01  # ~1% of classes have no test image
         folders = {}
+        labels = np.repeat(np.flatnonzero(present), test_per_class)
         for method in methods:
             head, tail = EFFECTS.get(method, (0, 0))
             p = np.clip(80 - 60 * position + head + (tail - head) * position, 1, 99) / 100
-            acc = 100.0 * rng.binomial(test_per_class, p) / test_per_class
-            per_class = [float(a) if ok else None for a, ok in zip(acc, present, strict=True)]
+            # each test image is right with its class's probability p: its label, else another class, wins
+            right = rng.random(labels.size) < p[labels]
+            winner = np.where(
+                right, labels, (labels + rng.integers(1, num_classes, labels.size)) % num_classes
+            )
+            logits = rng.normal(0.0, 1.0, (labels.size, num_classes)).astype(np.float32)
+            logits[np.arange(labels.size), winner] += (
+                rng.normal(5.0, 1.5, labels.size).astype(np.float32) ** 2
+            )
+            test = metrics_at(torch.from_numpy(logits), torch.from_numpy(labels), manifest)
             folders[method] = folder / "methods" / method
             storage.write_json(folders[method] / "results.json",
-                               {"test": {"top1": float(np.mean(acc[present])), "per_class_acc": per_class},
-                                "manifest": manifest.to_dict()})  # fmt: skip
+                               {"test": test, "test_calibrated": test, "manifest": manifest.to_dict()})  # fmt: skip
             if method in logits_methods:
-                labels = np.repeat(np.flatnonzero(present), test_per_class)
-                logits = rng.normal(0.0, 1.0, (labels.size, num_classes)).astype(np.float32)
-                logits[np.arange(labels.size), labels] += rng.normal(3.0, 1.5, labels.size).astype(np.float32)
                 storage.write_npz(folders[method] / "test_logits.npz", logits=logits, labels=labels,
                                   indices=np.arange(labels.size))  # fmt: skip
         _write_flip_inputs(folder, train_labels, prior, threshold, seed, rng)

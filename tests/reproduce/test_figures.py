@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,31 @@ def test_a_1000_class_report_renders_its_figures(tmp_path):
     for path in written:
         assert path.parent == tmp_path / "run" / "figures"
         assert_picture(path)
+
+
+def test_a_1000_class_report_writes_tables_comparisons_and_figures(tmp_path):
+    from lnr_dist.reproduce.report import write_report
+
+    methods = ("ce", "mislas", "lnr", "random")
+    cfg, outcomes = synthetic_run(tmp_path / "run", num_classes=1000, seeds=2, methods=methods)
+    cfg = replace(cfg, reproduce=replace(cfg.reproduce, bootstrap=200))
+    report = write_report(cfg, outcomes)
+    root = tmp_path / "run"
+    with (root / "comparisons.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["method"], r["baseline"]) for r in rows} == {
+        ("lnr", "mislas"),
+        ("lnr", "random"),
+        ("lnr", "ce"),
+    }
+    assert all(r["seeds"] == "2" and float(r["ci_low"]) <= float(r["ci_high"]) for r in rows)
+    few = next(r for r in rows if (r["method"], r["baseline"], r["metric"]) == ("lnr", "ce", "few"))
+    assert few["verdict"] == "better"  # +31 points in the tail (EFFECTS), on 2 seeds x ~500 few-shot images
+    text = (root / "results.md").read_text()
+    assert len(rows) == 15 and "15 comparisons" in text and " ± " in text  # two seeds: mean ± std
+    assert len(report["figures"]) == 8
+    for path in report["figures"]:
+        assert_picture(Path(path))
 
 
 def test_the_sweep_figure_does_without_a_chosen_threshold(tmp_path):
