@@ -137,11 +137,13 @@ class RayConfig:
 @dataclass(frozen=True)
 class FaultConfig:
     """`fault:` — deliberate failure for tests of restart and resume: rank `rank` raises at the start of
-    epoch `raise_at_epoch` (the first time only when `once`)."""
+    epoch `raise_at_epoch` (the first time only when `once`); with `kill`, its process dies of SIGKILL instead
+    (what an out-of-memory kill or a lost node looks like to Ray)."""
 
     raise_at_epoch: int | None = None
     rank: int = 0
     once: bool = True
+    kill: bool = False
 
 
 @dataclass(frozen=True)

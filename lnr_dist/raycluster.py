@@ -6,8 +6,8 @@ raises a UserError (bad input fails the same way on every attempt) and restarts 
 failure, up to `ray.max_failures` times. The workers' tracebacks go to `<job folder>/error.log`, not the screen:
 the driver raises one UserError or RunFailed, which the CLI prints as one line.
 
-Restarts are driven here rather than by Ray Train's FailureConfig(max_failures): Ray Train V2 has no public way
-to tell a user error from a crash, and retries both. Node preemptions stay with Ray (their own retry budget).
+Restarts are driven here rather than by Ray Train's FailureConfig(max_failures): Ray Train V2 retries every worker
+error alike (its FailurePolicy is internal, with no public hook). Node preemptions stay with Ray (their own budget).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from ray.train import (
 )
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from . import storage as storage_lib
 from .dist import RankContext
 from .errors import RunFailed, UserError
 from .experiment import RayConfig
@@ -55,7 +54,6 @@ RAY_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",
 }
 ERROR_LOG = "error.log"  # in the job's folder: every worker failure with its traceback
-_USER_ERROR = ".user_error"  # in the job's folder: the message of a UserError raised in a worker
 # Ray Train V2 waits this long for a worker group to be placed, then counts a controller failure and tries again
 # (without limit by default): the wait is bounded by FailureConfig(controller_failure_limit).
 _START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
@@ -151,15 +149,14 @@ def run_workers(
     os.environ[_START_TIMEOUT_ENV] = f"{per_attempt:g}"  # the driver's value reaches Ray Train's controller
     start_retries = math.ceil(cfg.start_timeout_s / per_attempt - 1e-9) - 1
     for attempt in range(1, cfg.max_failures + 2):
-        (out / _USER_ERROR).unlink(missing_ok=True)
         try:
             _trainer(worker, loop_config, cfg, name, storage, out, attempt, start_retries, callbacks).fit()
             return
         except TrainingFailedError as exc:
             failure = exc
-        user_error = _user_error(out)
-        if user_error is not None:
-            raise UserError(user_error) from None
+        user_error = _user_error(failure)
+        if user_error is not None:  # the worker's own exception (its traceback is in error.log)
+            raise user_error from None
         if isinstance(failure, ControllerError) and type(failure.controller_failure).__name__ in (
             "WorkerGroupStartupTimeoutError",
             "InsufficientClusterResourcesError",
@@ -222,8 +219,10 @@ def _summary(failure: TrainingFailedError) -> str:
     """One line per failing rank: the exception's last line (or first, for errors without a traceback)."""
 
     def line(error: BaseException) -> str:
-        lines = [text for text in str(error).splitlines() if text.strip()] or [type(error).__name__]
-        return (lines[-1] if "Traceback (most recent call last)" in str(error) else lines[0]).strip()[:300]
+        lines = [text.strip() for text in str(error).splitlines() if text.strip()] or [""]
+        if "Traceback (most recent call last)" in str(error):
+            return lines[-1][:300]
+        return f"{type(error).__name__}: {lines[0]}"[:300]
 
     if isinstance(failure, WorkerGroupError):
         return "; ".join(f"rank {rank}: {line(e)}" for rank, e in sorted(failure.worker_failures.items()))
@@ -232,13 +231,11 @@ def _summary(failure: TrainingFailedError) -> str:
     return line(failure)
 
 
-def _user_error(out: Path) -> str | None:
-    path = out / _USER_ERROR
-    if not path.is_file():
+def _user_error(failure: TrainingFailedError) -> UserError | None:
+    """The UserError a worker raised (WorkerGroupError.worker_failures holds each rank's own exception)."""
+    if not isinstance(failure, WorkerGroupError):
         return None
-    message = path.read_text()
-    path.unlink(missing_ok=True)
-    return message
+    return next((e for _, e in sorted(failure.worker_failures.items()) if isinstance(e, UserError)), None)
 
 
 def _drop_training_function_errors(record: logging.LogRecord) -> bool:
@@ -249,7 +246,7 @@ def _run_recording_errors(
     worker: Callable[[dict[str, Any]], None], out: str, attempt: int, loop_config: dict[str, Any]
 ) -> None:
     """The function each Ray Train worker runs: `worker`, with any exception's traceback appended to
-    <out>/error.log (and a UserError's message left for the driver) before it reaches Ray."""
+    <out>/error.log before it reaches Ray (which hands the exception itself to the driver)."""
     # Ray Train logs each training-function exception with its traceback to the console; it is in error.log.
     logging.getLogger("ray.train.v2._internal.util").addFilter(_drop_training_function_errors)
     try:
@@ -261,8 +258,6 @@ def _run_recording_errors(
                   f"{socket.gethostname()}: {type(exc).__name__}: {exc}")  # fmt: skip
         with open(folder / ERROR_LOG, "a") as handle:  # one write per failure: ranks append concurrently
             handle.write(f"{header}\n{traceback.format_exc()}\n")
-        if isinstance(exc, UserError):
-            storage_lib.write_text(folder / _USER_ERROR, str(exc))
         raise
 
 

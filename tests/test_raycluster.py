@@ -121,3 +121,24 @@ def test_workers_the_busy_cluster_cannot_place_end_after_ray_start_timeout(
         f"within ray.start_timeout_s = 3 s (it has {cpus:g} CPUs in all: other jobs hold them, or it did not grow "
         "in time): lower ray.num_workers or ray.cpus_per_worker, free the cluster, or raise ray.start_timeout_s"
     ]
+
+
+def test_a_killed_worker_is_a_real_fault_and_the_group_is_restarted(mini_root, tmp_path, ray_session, capsys):
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path, mini_root, run_dir, max_failures=1)
+    cluster_cpus()
+    kill = ["fault.raise_at_epoch=0", "fault.rank=1", "fault.kill=true"]
+    assert main(["stage1", "--config", config, *kill]) == 0
+    err = capsys.readouterr().err
+    out = run_dir / "stage1"
+    assert (out / ".fault_injected").exists() and (out / "results.json").is_file()
+    # the killed rank leaves no traceback; rank 0 may log the collateral one (its peer vanished mid-collective)
+    log = (out / "error.log").read_text() if (out / "error.log").exists() else ""
+    assert all(" attempt 1, rank 0 " in h for h in log.splitlines() if h.startswith("=== "))
+    assert cli_lines(err, "stage1") == []
+    restarts = [
+        line for line in err.splitlines() if "restarting the workers (1 of ray.max_failures = 1)" in line
+    ]
+    assert len(restarts) == 1, (
+        err
+    )  # named by what Ray saw first: the dead rank, or its peer's broken collective
