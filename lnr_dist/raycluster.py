@@ -64,10 +64,24 @@ def ensure_ray(cfg: RayConfig) -> None:
     """ray.init once per process, with RAY_ENV where the environment does not say otherwise."""
     if ray.is_initialized():
         return
+    _check_reachable(cfg.address)
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True, configure_logging=False)
     log.info("Ray: %s", ray.cluster_resources())
+
+
+def _check_reachable(address: str | None) -> None:
+    """A host:port that does not answer is a UserError now: ray.init would retry it for minutes."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            return
+    except (OSError, ValueError) as exc:
+        raise UserError(f"ray.address={address}: no Ray cluster answers there ({exc}): start it, correct "
+                        "ray.address, or remove it to start a local cluster") from exc  # fmt: skip
 
 
 def use_gpu(cfg: RayConfig) -> bool:

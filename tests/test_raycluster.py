@@ -142,3 +142,11 @@ def test_a_killed_worker_is_a_real_fault_and_the_group_is_restarted(mini_root, t
     assert len(restarts) == 1, (
         err
     )  # named by what Ray saw first: the dead rank, or its peer's broken collective
+
+
+def test_an_address_where_no_ray_cluster_answers_is_refused_at_once():
+    from lnr_dist.raycluster import _check_reachable
+
+    with pytest.raises(UserError, match=r"^ray.address=127.0.0.1:1: no Ray cluster answers there \("):
+        _check_reachable("127.0.0.1:1")
+    _check_reachable(None)  # a local cluster of our own: nothing to check
