@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from .config import load_config
-from .errors import UserError
+from .errors import RunFailed, UserError
 from .logs import setup_logging
 
 log = logging.getLogger("lnr_dist")
@@ -352,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"lnr-dist {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:  # not bad input: the message names the log with the workers' tracebacks
+        print(f"lnr-dist {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

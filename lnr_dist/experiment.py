@@ -147,7 +147,10 @@ class RayConfig:
     """`ray:` — workers of each Ray Train job. use_gpu null = use GPUs when CUDA is present; cpus_per_worker may
     be fractional (more workers than cores on a laptop). placement_strategy: PACK fills a node first, SPREAD puts
     workers on different nodes where it can (a multi-node allocation). address: an existing cluster (`launch`
-    sets it to the allocation's head)."""
+    sets it to the allocation's head). max_failures: restarts of the worker group after a failure that is not
+    bad input (a user error in a worker ends the run at once). start_timeout_s: how long a job waits for its
+    workers to be placed on a cluster that autoscales or is busy with other jobs (workers that can never fit
+    are refused before the run)."""
 
     num_workers: int = 2
     cpus_per_worker: float = 1.0
@@ -155,10 +158,13 @@ class RayConfig:
     max_failures: int = 2
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
     address: str | None = None
+    start_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.num_workers < 1 or self.cpus_per_worker <= 0 or self.max_failures < 0:
             raise ValueError("need num_workers >= 1, cpus_per_worker > 0, max_failures >= 0")
+        if self.start_timeout_s <= 0:
+            raise ValueError(f"start_timeout_s must be > 0, got {self.start_timeout_s}")
 
     @property
     def torch_threads(self) -> int:
@@ -168,11 +174,13 @@ class RayConfig:
 @dataclass(frozen=True)
 class FaultConfig:
     """`fault:` — deliberate failure for tests of restart and resume: rank `rank` raises at the start of
-    epoch `raise_at_epoch` (the first time only when `once`)."""
+    epoch `raise_at_epoch` (the first time only when `once`); with `kill`, its process dies of SIGKILL instead
+    (what an out-of-memory kill or a lost node looks like to Ray)."""
 
     raise_at_epoch: int | None = None
     rank: int = 0
     once: bool = True
+    kill: bool = False
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ def cached_features(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
     """The features of the three splits, extracted first if missing or made from another checkpoint."""
     cfg = cfg.with_absolute_paths()
     folder, checkpoint = features_dir(cfg), stage1_checkpoint(cfg)
+    load_model(
+        cfg.model, cfg.data.num_classes, checkpoint, "stage2.checkpoint"
+    )  # missing or damaged: one line
     sha = storage.sha256_file(checkpoint)
     meta = folder / "meta.json"
     if not meta.is_file() or json.loads(meta.read_text()).get("checkpoint_sha256") != sha:
@@ -54,6 +57,7 @@ def cached_features(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
             cfg.ray,
             "features",
             Path(cfg.run_dir) / "ray",
+            folder,
         )
         storage.write_json(meta, {"checkpoint": str(checkpoint), "checkpoint_sha256": sha})
     return {name: np.load(folder / f"{name}.npy") for name in SPLITS}
@@ -87,7 +91,8 @@ def head_inputs(cfg: ExperimentConfig, extract: bool = True) -> HeadInputs:
 def extract_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_lib.from_dict(ExperimentConfig, loop_config["config"], "<ray worker config>")
     ctx, device = worker_setup(cfg.ray)
-    model = load_model(cfg.model, cfg.data.num_classes, stage1_checkpoint(cfg)).to(device).eval()
+    model = load_model(cfg.model, cfg.data.num_classes, stage1_checkpoint(cfg), "stage2.checkpoint")
+    model = model.to(device).eval()
     batch = max(1, cfg.stage2.eval_batch_size // ctx.world_size)
     for name, split in load_splits(cfg).items():
         start, stop = shard_bounds(len(split), ctx.rank, ctx.world_size)

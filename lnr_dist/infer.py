@@ -78,7 +78,7 @@ def run_inference(cfg: ExperimentConfig) -> dict[str, Any]:
     partial_path(out / "predictions.npy").unlink(missing_ok=True)  # left by a run that failed mid-write
     config_lib.save_resolved(cfg, out)
     run_workers(
-        infer_worker, {"config": config_lib.to_dict(cfg)}, cfg.ray, "infer", Path(cfg.run_dir) / "ray"
+        infer_worker, {"config": config_lib.to_dict(cfg)}, cfg.ray, "infer", Path(cfg.run_dir) / "ray", out
     )
     return json.loads((out / "summary.json").read_text())
 

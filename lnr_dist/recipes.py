@@ -60,7 +60,7 @@ def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.nd
     label-aware smoothing on class-balanced batches, labels replaced through the method's flip table."""
     s2 = cfg.stage2
     path = Path(s2.checkpoint) if s2.checkpoint else cfg.stage_dir("stage1") / "checkpoints" / "best.pt"
-    model = load_model(cfg.model, manifest.num_classes, path)
+    model = load_model(cfg.model, manifest.num_classes, path, "stage2.checkpoint")
     model.freeze_features(shift_bn=s2.shift_bn)
     if s2.lws:
         model.enable_weight_scaling()

@@ -3,12 +3,13 @@
 `fit(cfg, stage)` runs on the driver: checks inputs before any worker starts, writes the resolved config, starts a
 TorchTrainer. `train_worker` runs on each of W workers: turns its config back into the dataclass, builds the
 loaders sharded by global rank and the stage's recipe, resumes from `<stage dir>/checkpoints/last.pt` if it
-exists, trains, evaluates on validation every epoch (metrics all-reduced), keeps `last.pt` / `best.pt` (rank 0,
-atomic), and at the end evaluates the best epoch once on test.
+exists (from `last.prev.pt`, the one before, when last.pt is damaged), trains, evaluates on validation every epoch
+(metrics all-reduced), keeps `last.pt` / `best.pt` and their previous versions (rank 0, atomic), and at the end
+evaluates the best epoch once on test.
 
-Resuming always goes through that file, whatever stopped the run: Ray restarting a failed worker group
-(`FailureConfig(max_failures)`), a SLURM requeue, or the user starting the same command again. The run folder
-must therefore be on storage every worker sees (as on any cluster with a shared filesystem).
+Resuming always goes through that file, whatever stopped the run: `run_workers` restarting a failed worker group
+(`ray.max_failures`), a SLURM requeue, or the user starting the same command again. The run folder must therefore
+be on storage every worker sees (as on any cluster with a shared filesystem).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,16 @@ import torch
 from . import config as config_lib
 from . import storage
 from .calibration import fit_temperature, metrics_at
-from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state, unwrap
+from .checkpoint import (
+    checkpoint_epoch,
+    find_resume_point,
+    load_checkpoint,
+    previous_path,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+    unwrap,
+)
 from .data.loader import LoaderSpec, build_loader
 from .data.manifest import Manifest
 from .data.splits import Split, load_split, load_train_split
@@ -76,11 +87,15 @@ def write_test_logits(
 
 def _check_resumable(cfg: ExperimentConfig, stage: str, out: Path, flips: dict[str, Any] | None) -> None:
     """A run resumes from last.pt only if that checkpoint was made by the same recipe: another stage section
-    (other than its epoch count), model or flip table in the same folder is an error, not a silent resume."""
-    path = out / "checkpoints" / "last.pt"
-    if not path.is_file():
+    (other than its epoch count), model or flip table in the same folder is an error, not a silent resume. A
+    damaged last.pt falls back to last.prev.pt with a warning naming both (none complete: CheckpointError)."""
+    found = find_resume_point(out / "checkpoints", stage)
+    if found is None:
         return
-    state = load_checkpoint(path)
+    if found.damaged is not None:
+        log.warning("%s: %s; resuming from the previous complete checkpoint %s (epoch %d done) instead",
+                    out / "checkpoints" / "last.pt", found.damaged, found.path, found.state["epoch"])  # fmt: skip
+    state, path = found.state, found.path
     saved, current = state["config"], config_lib.to_dict(cfg)
     differences = [
         f"{section}.{key}"
@@ -129,7 +144,7 @@ def fit(
     config_lib.save_resolved(cfg, out)
     loop_config = {"config": config_lib.to_dict(cfg), "stage": stage, "out": str(out)}
     name = stage if out == cfg.stage_dir(stage) else out.name
-    run_workers(train_worker, loop_config, cfg.ray, name, Path(cfg.run_dir) / "ray", callbacks)
+    run_workers(train_worker, loop_config, cfg.ray, name, Path(cfg.run_dir) / "ray", out, callbacks)
     return json.loads((out / "results.json").read_text())
 
 
@@ -139,6 +154,25 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as handle:
         return [{k: (int(v) if k in ("epoch", "train_images") else float(v)) for k, v in row.items()}
                 for row in csv.DictReader(handle)]  # fmt: skip
+
+
+def _best_of_resumed_run(path: Path, best: dict[str, Any], start_epoch: int) -> dict[str, Any]:
+    """`best` of the checkpoint a run resumes from, with best.pt holding that epoch's model (rank 0).
+
+    After a fall-back to last.prev.pt, best.pt may come from the lost epoch; best.prev.pt then holds the best
+    epoch the run resumes with. If neither does, the best epoch is chosen again from start_epoch on, so that
+    results.json never names an epoch other than the model it evaluates."""
+    if best["epoch"] < 0 or checkpoint_epoch(path) == best["epoch"]:
+        return best
+    prev = previous_path(path)
+    if checkpoint_epoch(prev) == best["epoch"]:
+        os.replace(prev, path)
+        log.warning("%s was not from the best epoch %d of the resumed run: restored it from %s", path,
+                    best["epoch"], prev)  # fmt: skip
+        return best
+    log.warning("%s does not hold the best epoch %d of the resumed run (damaged or missing): the best epoch is "
+                "chosen again from epoch %d on", path, best["epoch"], start_epoch)  # fmt: skip
+    return {**best, "value": float("-inf"), "epoch": -1}
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -176,11 +210,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     config_dict = config_lib.to_dict(cfg)
     best: dict[str, Any] = {"metric": train_cfg.select_metric, "value": float("-inf"), "epoch": -1}
     start_epoch = 0
-    if (checkpoints / "last.pt").is_file():
-        state = load_checkpoint(checkpoints / "last.pt")
+    keep_previous = True  # each save keeps the file it replaces as <name>.prev.pt (checkpoint.py)
+    resumed = find_resume_point(checkpoints, stage)
+    if resumed is not None:
+        state = resumed.state
         restore_training_state(state, model, optimizer, scheduler, scaler)
         best, start_epoch = state["best"], state["epoch"] + 1
-        log.info("resumed %s from %s: epoch %d done", stage, checkpoints / "last.pt", state["epoch"])
+        # a damaged last.pt is overwritten by the next save, never kept as the previous checkpoint
+        keep_previous = resumed.damaged is None
+        if ctx.is_main:
+            best = _best_of_resumed_run(checkpoints / "best.pt", best, start_epoch)
+        log.info("resumed %s from %s: epoch %d done", stage, resumed.path, state["epoch"])
     rows = [r for r in _read_rows(out / "metrics.csv") if r["epoch"] < start_epoch]
 
     for epoch in range(start_epoch, train_cfg.epochs):
@@ -211,9 +251,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             state = training_state(
                 model, optimizer, scheduler, scaler, epoch, best, config_dict, **recipe.checkpoint_extra
             )
-            save_checkpoint(checkpoints / "last.pt", state)
+            save_checkpoint(checkpoints / "last.pt", state, keep_previous)
+            keep_previous = True
             if improved:
-                save_checkpoint(checkpoints / "best.pt", state)
+                save_checkpoint(checkpoints / "best.pt", state, keep_previous=True)
             rows.append(row)
             storage.write_csv(out / "metrics.csv", rows, CSV_FIELDS)
             training_curves(rows, out / "training_curves.png", f"{stage} ({cfg.run_dir})")
@@ -226,7 +267,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         barrier()
 
     barrier()
-    best_state = load_checkpoint(checkpoints / "best.pt")
+    best_state = load_checkpoint(
+        checkpoints / "best.pt", advice=f"restore it from a copy, or delete {out} to start over"
+    )
     network = unwrap(model)
     network.load_state_dict(best_state["model"])
     # Temperature scaling on validation (beyond the paper): report ECE/NLL before and after it.

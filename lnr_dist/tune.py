@@ -18,7 +18,6 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -26,13 +25,13 @@ from ray.tune.schedulers import ASHAScheduler
 from . import config as config_lib
 from . import storage
 from .data.splits import load_train_split
-from .errors import UserError
+from .errors import RunFailed, UserError
 from .experiment import ExperimentConfig
 from .features import cached_features, head_inputs, stage1_checkpoint
 from .flip_sources import FlipSource
 from .head_training import evaluate_head, train_head
 from .plots import save_figure
-from .raycluster import ensure_ray
+from .raycluster import ensure_ray, groups_that_fit
 from .train import fit
 
 log = logging.getLogger(__name__)
@@ -111,12 +110,7 @@ def _trial_resources(cfg: ExperimentConfig, cached: bool) -> tuple[dict[str, flo
             "cpu": cfg.tune.cpus_per_trial,
             "gpu": cfg.tune.gpus_per_trial,
         }, cfg.tune.max_concurrent or None
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
-    if need > cpus:
-        raise UserError(f"a stage-2 trial needs ray.num_workers x ray.cpus_per_worker = {need} CPUs; the Ray "
-                        f"cluster has {cpus}")  # fmt: skip
-    fits = max(1, int(cpus // need))
+    fits = groups_that_fit(cfg.ray, "a stage-2 sweep trial")
     return {"cpu": 0.01}, min(fits, cfg.tune.max_concurrent or fits)  # Tune needs a non-empty request
 
 
@@ -148,7 +142,13 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
     )  # fmt: skip
     grid = tuner.fit()
     if grid.errors:
-        raise RuntimeError(f"{len(grid.errors)} sweep trial(s) failed, first: {grid.errors[0]}")
+        # Tune hands back each trial's exception wrapped (a RayTaskError with the original as cause)
+        causes = [getattr(error, "cause", None) or error for error in grid.errors]
+        user = next((c for c in causes if isinstance(c, UserError)), None)
+        if user is not None:
+            raise UserError(str(user)) from None
+        raise RunFailed(f"{len(causes)} sweep trial(s) failed, first: {str(causes[0]).strip().splitlines()[-1]}; "
+                        f"tracebacks under {Path(cfg.run_dir) / 'ray' / 'tune'}")  # fmt: skip
     rows = [_trial_row(result, _epochs(cfg), cfg.tune.objective) for result in grid]
     rows.sort(key=lambda r: r["threshold"])
     chosen = choose(rows, cfg.tune.objective)

@@ -60,6 +60,7 @@ class Submitted:
 def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
     """What can fail without a cluster fails here: splits and their files, batch sizes, and the inputs a job
     reads from earlier steps (unless the pipeline makes them)."""
+    from ..checkpoint import load_model
     from ..data.splits import load_train_split
     from ..flip_sources import FlipSource
     from ..infer import checkpoint_path
@@ -69,8 +70,9 @@ def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
         preflight(cfg, job)
     elif job == "infer":
         preflight(cfg, "stage1")
-        if not checkpoint_path(cfg).is_file():
-            raise UserError(f"{checkpoint_path(cfg)} not found: run stage1 first (or set infer.checkpoint)")
+        load_model(
+            cfg.model, cfg.data.num_classes, checkpoint_path(cfg)
+        )  # missing, damaged or foreign: one line
     elif job == "tune":
         load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
         FlipSource(cfg)
@@ -78,7 +80,12 @@ def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
 
 def _executor(opts: LaunchOptions, cfg: ExperimentConfig, name: str) -> submitit.AutoExecutor:
     folder = Path(opts.folder or Path(cfg.run_dir) / "slurm" / "logs").resolve()
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=opts.cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=opts.cluster)
+    except RuntimeError as exc:  # submitit finds no srun/sbatch here: not a SLURM login node
+        raise UserError(
+            f"--cluster {opts.cluster}: {exc} (use --cluster local to run on this machine)"
+        ) from exc
     need = math.ceil(cfg.ray.num_workers * cfg.ray.cpus_per_worker / opts.nodes)
     params: dict[str, Any] = {
         "name": f"lnr-{name}",
@@ -110,9 +117,14 @@ def submit(
                 "kill-on-invalid-dep": "yes",
             }
         )
-    submitted = Submitted(
-        job, executor.submit(JobTask(job, config_lib.to_dict(cfg.with_absolute_paths()), out))
-    )
+    try:
+        submitted = Submitted(
+            job, executor.submit(JobTask(job, config_lib.to_dict(cfg.with_absolute_paths()), out))
+        )
+    except submitit.core.utils.FailedJobError as exc:  # sbatch refused the request (it printed why)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no reason given"
+        raise UserError(f"sbatch refused the {job} job: {reason} (check --partition, --nodes, --gpus-per-node, "
+                        "--time and --mem-gb)") from exc  # fmt: skip
     log.info("submitted %s as job %s", job, submitted.job.job_id)
     return submitted
 

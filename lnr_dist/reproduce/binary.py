@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..errors import UserError
 from ..experiment import BinaryConfig, ExperimentConfig
 from ..lnr import FlipTable, binary_flips
 from ..train import load_splits
@@ -41,8 +42,9 @@ def load_task(cfg: ExperimentConfig, bcfg: BinaryConfig, ratio: float, seed: int
             majority, minority = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
             keep = max(2, round(ratio * majority.size))
             if keep > minority.size:
-                raise ValueError(
-                    f"binary ratio {ratio}: {keep} minority samples needed, {minority.size} exist"
+                raise UserError(
+                    f"reproduce.binary ratio {ratio}: {keep} minority samples needed (class {bcfg.minority_class} "
+                    f"in the train split), {minority.size} exist: lower reproduce.binary.ratio / ratios"
                 )
             picked = np.sort(np.concatenate([majority, rng.choice(minority, keep, replace=False)]))
             rows, y = [rows[i] for i in picked], y[picked]
