@@ -150,3 +150,27 @@ def test_an_address_where_no_ray_cluster_answers_is_refused_at_once():
     with pytest.raises(UserError, match=r"^ray.address=127.0.0.1:1: no Ray cluster answers there \("):
         _check_reachable("127.0.0.1:1")
     _check_reachable(None)  # a local cluster of our own: nothing to check
+
+
+def test_bad_input_met_inside_a_launched_job_is_one_line_too(mini_root, tmp_path, ray_session, capfd):
+    """The same undecodable image through `launch --wait` (submitit's local executor: the job runs in its own
+    process, as on SLURM): exit 2, the worker's message on one line, the traceback only in the job's log."""
+    root = tmp_path / "data"
+    shutil.copytree(mini_root, root)
+    line = (root / "Mini_LT_train.txt").read_text().splitlines()[100]
+    image = root / line.rsplit(" ", 1)[0]
+    image.write_bytes(image.read_bytes()[:400] + b"\xff\xd9")
+    config = write_config(tmp_path, root, tmp_path / "run", max_failures=2)
+    capfd.readouterr()
+
+    assert (
+        main(["launch", "stage1", "--config", config, "--cluster", "local", "--wait", "ray.num_workers=1"])
+        == 2
+    )
+    err = capfd.readouterr().err
+    (message,) = cli_lines(err, "launch")
+    assert message.startswith(
+        f"lnr-dist launch: error: {root / 'Mini_LT_train.txt'}:101: cannot decode image"
+    )
+    assert "stage1 job" in message and "_log.err" in message
+    assert "Traceback" not in err

@@ -20,7 +20,7 @@ import submitit
 from .. import config as config_lib
 from ..errors import UserError
 from ..experiment import ExperimentConfig
-from .tasks import JOBS, JobTask
+from .tasks import JOBS, JobTask, user_error_file
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +171,19 @@ def _wait_in_queue(job: submitit.Job) -> None:
 
 
 def wait_for(item: Submitted) -> Any:
-    """The job's result (task 0's), or JobFailed naming the log with its last lines."""
+    """The job's result (task 0's); UserError (one line) when the job stopped on bad input; otherwise JobFailed
+    naming the log with its last lines."""
     try:
         if isinstance(item.job, submitit.SlurmJob):
             _wait_in_queue(item.job)
         return item.job.results()[0]
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
         stdout, stderr = item.log_paths
+        message = user_error_file(item.job.paths.folder, item.job.job_id)
+        if message.is_file():  # the traceback stays in the log
+            raise UserError(
+                f"{message.read_text()} ({item.name} job {item.job.job_id}; log: {stderr})"
+            ) from None
         tail = _tail(stderr) or _tail(stdout) or str(exc)
         raise JobFailed(
             f"{item.name} job {item.job.job_id} failed ({item.job.state}); log: {stderr}\n--- last lines ---\n{tail}"

@@ -21,6 +21,8 @@ from typing import Any
 import submitit
 
 from .. import config as config_lib
+from .. import storage
+from ..errors import UserError
 from ..experiment import ExperimentConfig
 from ..logs import setup_logging
 from .ray_allocation import TaskPlace, ray_allocation
@@ -98,6 +100,11 @@ def in_sbatch_allocation() -> bool:
     return os.environ.get("LNR_RAY_ALLOCATION") == "1" and "SLURM_PROCID" in os.environ
 
 
+def user_error_file(folder: str | os.PathLike, job_id: str) -> Path:
+    """Where a job that stopped on a UserError leaves its message (beside submitit's logs)."""
+    return Path(folder) / f"{job_id}_user_error.txt"
+
+
 class JobTask(submitit.helpers.Checkpointable):
     """One job (stage1, infer, tune, stage2 or features) on one resolved config; `out` replaces a stage's
     default folder (stage 2 of several methods in one run)."""
@@ -115,9 +122,14 @@ class JobTask(submitit.helpers.Checkpointable):
         cfg = config_lib.from_dict(ExperimentConfig, self.config, f"{self.job} job config")
         log.info("%s job %s, task %d/%d on %s", self.job, env.job_id, env.global_rank, env.num_tasks,
                  socket.gethostname())  # fmt: skip
-        if env.cluster != "slurm":
-            return JOBS[self.job](cfg, self.out)
-        return run_in_allocation(self.job, cfg, self.out)
+        try:
+            if env.cluster != "slurm":
+                return JOBS[self.job](cfg, self.out)
+            return run_in_allocation(self.job, cfg, self.out)
+        except UserError as exc:
+            # bad input fails the same way on every requeue: the waiting side turns it into one line
+            storage.write_text(user_error_file(env.paths.folder, env.job_id), str(exc))
+            raise
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         log.info("%s job interrupted (preemption or time limit): requeued; it resumes from its last checkpoint",
