@@ -172,13 +172,25 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: _Source) 
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], key, source)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{source.where(prefix.rstrip('.'))}: missing required key '{key}'")
+            raise ConfigError(f"{source.where(prefix.rstrip('.'))}: missing required key '{key}' (set it in the "
+                              f"config file, or give {key}=... or its flag on the command line)")  # fmt: skip
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(
-            f"{source.where(prefix.rstrip('.'))}: {prefix.rstrip('.') or 'config'}: {exc}"
+            f"{_section_source(source, prefix)}: {prefix.rstrip('.') or 'config'}: {exc}"
         ) from exc
+
+
+def _section_source(source: _Source, prefix: str) -> str:
+    """Where a section's values came from: its line in the file, and the command-line overrides inside it (a
+    check across the section's keys may fail because of either)."""
+    where = source.where(prefix.rstrip("."))
+    overridden = sorted(key for key in source.overrides if key.startswith(prefix))
+    if not overridden:
+        return where
+    listed = ", ".join(f"'{key}'" for key in overridden)
+    return f"command line {listed}" if where == source.path else f"{where} with command line {listed}"
 
 
 def load_config(

@@ -104,6 +104,7 @@ def train_one_epoch(
     start = time.perf_counter()
     for step, batch in enumerate(loader):
         if batch.images.shape[0] == 0:  # every image of the batch was skipped as undecodable
+            scheduler.step()  # the schedule counts loader steps (per epoch: step // len(loader)): keep in step
             continue
         images = _prepare(batch.images, device, channels_last)
         labels = batch.labels if label_map is None else label_map(batch.indices, batch.labels)

@@ -71,6 +71,12 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]], fields: S
     write_text(path, buffer.getvalue())
 
 
+def finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` without its missing values (None, NaN, infinities): what goes to Ray's reports, whose own
+    result files would otherwise carry NaN tokens."""
+    return {k: v for k, v in metrics.items() if not _missing(v)}
+
+
 def strict_json(obj: Any) -> Any:
     """`obj` with NaN/Infinity replaced by None and NumPy scalars/arrays by Python values, so that it serialises
     as standard JSON (RFC 8259 has no NaN; Python's json writes a `NaN` token other parsers reject)."""

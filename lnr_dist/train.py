@@ -263,7 +263,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             stage, epoch + 1, train_cfg.epochs, stats["train_loss"], val["top1"], val["balanced_acc"],
             val["few"], val["ece"], row["images_per_second"],
         )  # fmt: skip
-        ray.train.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+        ray.train.report(storage.finite({k: v for k, v in row.items() if isinstance(v, (int, float))}))
         barrier()
 
     barrier()

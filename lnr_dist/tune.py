@@ -58,7 +58,7 @@ def head_trial(config: dict[str, Any]) -> None:
     def report(epoch: int, metrics: dict[str, Any]) -> None:
         best["value"] = max(best["value"], metrics[objective])
         tune.report({"threshold": threshold, "num_flips": len(table), "epoch": epoch, "objective": metrics[objective],
-                     "best_objective": best["value"], **{f"val_{k}": v for k, v in metrics.items()}})  # fmt: skip
+                     "best_objective": best["value"], **storage.finite({f"val_{k}": v for k, v in metrics.items()})})  # fmt: skip
 
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
     train_head(cfg.stage2, _epochs(cfg), inputs.manifest, inputs.features, inputs.labels, inputs.classifier,
@@ -73,13 +73,11 @@ def trainer_trial(config: dict[str, Any]) -> None:
     threshold = float(config["threshold"])
     stage2 = replace(cfg.stage2, threshold=threshold, evaluate_test=False, epochs=_epochs(cfg),
                      checkpoint=str(stage1_checkpoint(cfg)))  # fmt: skip
-    trial = replace(cfg, stage2=stage2)
-    fit(
-        trial,
-        "stage2",
-        out=Path(cfg.run_dir) / "tune" / f"trial_t{threshold:g}",
-        callbacks=[TuneReportCallback()],
-    )
+    out = Path(cfg.run_dir) / "tune" / f"trial_t{threshold:g}"
+    # a trial always runs its whole schedule from the start: a folder an earlier (interrupted) sweep left would be
+    # resumed and report only its remaining epochs, which the sweep would take for an early stop
+    shutil.rmtree(out, ignore_errors=True)
+    fit(replace(cfg, stage2=stage2), "stage2", out=out, callbacks=[TuneReportCallback()])
 
 
 def _epochs(cfg: ExperimentConfig) -> int:
@@ -167,13 +165,16 @@ def _trial_row(result: Any, epochs: int, objective: str) -> dict[str, Any]:
     """One trial's line of the sweep: its best validation epoch, and whether it ran all `epochs` (ASHA may have
     stopped it: `stopped at epoch k`)."""
     history = result.metrics_dataframe
+    if history is None or history.empty:
+        raise RunFailed(f"sweep trial at threshold {result.config['threshold']:g} reported no epoch; its log is "
+                        f"under {result.path}")  # fmt: skip
     key = "objective" if "objective" in history else f"val_{objective}"
     best = history.loc[history[key].idxmax()]
     ran = int(history["training_iteration"].max())
     return {"threshold": float(result.config["threshold"]), "epochs_run": ran,
             "status": "completed" if ran >= epochs else f"stopped at epoch {ran}",
             "num_flips": int(best.get("num_flips", 0)), "best_epoch": int(best.get("epoch", 0)),
-            **{f: float(best[f]) for f in METRIC_FIELDS}}  # fmt: skip
+            **{f: float(best.get(f, np.nan)) for f in METRIC_FIELDS}}  # fmt: skip
 
 
 def choose(rows: list[dict[str, Any]], objective: str) -> dict[str, Any]:
@@ -181,7 +182,8 @@ def choose(rows: list[dict[str, Any]], objective: str) -> dict[str, Any]:
     listed in the sweep but never chosen: their best epoch comes from a shorter schedule."""
     completed = [r for r in rows if r["status"] == "completed"]
     if not completed:
-        raise RuntimeError("no sweep trial ran its whole schedule (every trial was stopped early)")
+        raise UserError("no sweep trial ran its whole schedule (ASHA stopped every one): raise tune.num_samples "
+                        "or tune.grace_period, or lower tune.reduction_factor")  # fmt: skip
     return max(completed, key=lambda r: (r[f"val_{objective}"], -r["num_flips"]))
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from lnr_dist.data.config import DataConfig
+from lnr_dist.errors import UserError
 from lnr_dist.experiment import ExperimentConfig, TuneConfig
 from lnr_dist.tune import _trial_row, choose, edge_warning
 
@@ -24,7 +25,7 @@ def test_only_completed_trials_can_be_chosen():
     rows = [row(1.0, 50.0), row(2.0, 70.0, "stopped at epoch 1"), row(3.0, 60.0)]
     assert choose(rows, "balanced_acc")["threshold"] == 3.0
     assert choose([row(1.0, 60.0, flips=20), row(2.0, 60.0, flips=5)], "balanced_acc")["threshold"] == 2.0
-    with pytest.raises(RuntimeError, match="no sweep trial ran its whole schedule"):
+    with pytest.raises(UserError, match="no sweep trial ran its whole schedule .*raise tune.num_samples"):
         choose([row(1.0, 50.0, "stopped at epoch 2")], "balanced_acc")
 
 

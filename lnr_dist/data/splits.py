@@ -5,7 +5,8 @@ per-sample result (predictions, flips) is addressed by it.
 
 Files are read as people's tools write them: UTF-8 with or without a byte-order mark (Windows editors write
 one), UTF-16 with its mark, LF or CRLF line ends. Paths are relative to `data.root`, always: a leading `/` (the
-official Places365 lists write `/a/airfield/00000001.jpg 0`) is stripped, with one notice per file.
+official Places365 lists write `/a/airfield/00000001.jpg 0`) is stripped, with one notice per file; a full path
+inside `data.root` (a list written with absolute paths) is read as the path below the root.
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ def parse_split(
     """Parse a split file, collecting every format problem instead of stopping at the first.
 
     Checks: valid UTF-8, two fields per line, integer label, label in [0, num_classes), no duplicate path.
-    Lines with a problem are left out of the returned Split. A leading `/` is stripped from paths (see the
-    module docstring).
+    Lines with a problem are left out of the returned Split. A leading `/` is stripped from paths, and a full
+    path inside `root` becomes the path below it (see the module docstring).
     """
     file = Path(file)
     if not file.is_file():
@@ -101,6 +102,7 @@ def parse_split(
     lines: list[int] = []
     first_line_of: dict[str, int] = {}
     first_slash = 0
+    root_prefix = str(Path(root).expanduser().absolute()).rstrip("/") + "/"
     for number, raw in enumerate(_text_lines(file), start=1):
         if raw is None:
             problems.append(SplitProblem(str(file), number, "not UTF-8 text; save the split file as UTF-8"))
@@ -124,7 +126,8 @@ def parse_split(
             continue
         if path.startswith("/"):
             first_slash = first_slash or number
-            path = path.lstrip("/")
+            # an absolute path inside data.root (lists written with full paths) is the path below the root
+            path = path[len(root_prefix) :] if path.startswith(root_prefix) else path.lstrip("/")
         if path in first_line_of:
             problems.append(
                 SplitProblem(
@@ -140,7 +143,8 @@ def parse_split(
         _NOTED_SLASHES.add(str(file))
         log.warning(
             "%s: paths start with '/' (first on line %d); split paths are relative to data.root, always, "
-            "so they are read as %s/<path without the leading '/'>",
+            "so they are read as %s/<path without the leading '/'> (a full path inside data.root: as the path "
+            "below it)",
             file, first_slash, root,
         )  # fmt: skip
     split = Split(

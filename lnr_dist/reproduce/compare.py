@@ -1,12 +1,14 @@
 """Verdicts with confidence intervals: each method against each baseline, per metric, from a paired bootstrap.
 
-`delta` is the mean over seeds of (method - baseline) on the whole test split: exactly the difference of the
-two rows of the results table. Its 95% interval comes from a paired, stratified bootstrap (Efron & Tibshirani,
+`delta` is the mean over seeds of (method - baseline) on the whole test split: the difference of the two rows
+of the results table when both methods ran on the same seeds (otherwise it uses the seeds both ran). Its 95% interval comes from a paired, stratified bootstrap (Efron & Tibshirani,
 An Introduction to the Bootstrap, 1993, ch. 13, percentile interval): each draw resamples the test images with
 replacement WITHIN each class (the class sizes, so the many/medium/few groups, stay fixed) and, with several
 seeds, the seeds too; both methods are scored on the same resampled images (paired by dataset index) and the
 same seeds (paired by seed). A verdict says "better" or "worse" only when the interval excludes 0; otherwise
 "not distinguishable from noise". No correction for multiple comparisons is made (the report says how many).
+With one seed the interval covers the sampling of test images only, not the seed-to-seed variation of training;
+resampling k seeds with replacement understates that variation by about (k - 1) / k.
 
 Metrics follow lnr_dist.metrics exactly (hit, confidence and ECE bin of each sample from `sample_terms`): top-1,
 many / medium / few (mean per-class accuracy of the group's classes present in test) and ECE (15 bins), all in %.
@@ -14,6 +16,7 @@ many / medium / few (mean per-class accuracy of the group's classes present in t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ import torch
 
 from ..data.manifest import GROUPS, Manifest
 from ..metrics import ECE_BINS, sample_terms
+
+log = logging.getLogger(__name__)
 
 METRICS = ("top1", "many", "medium", "few", "ece")
 LOWER_IS_BETTER = frozenset({"ece"})
@@ -184,9 +189,13 @@ def compare(
         ]
         if not both:
             continue
-        result = paired_bootstrap(
-            [scores[method][k] for k in both], [scores[baseline][k] for k in both], manifest, draws, seed
-        )
+        try:
+            result = paired_bootstrap(
+                [scores[method][k] for k in both], [scores[baseline][k] for k in both], manifest, draws, seed
+            )
+        except ValueError as exc:  # e.g. one method's test logits lack images another has (data.skip_corrupt)
+            log.warning("comparison %s vs %s left out: %s", method, baseline, exc)
+            continue
         for metric, r in result.items():
             rows.append({"method": method, "baseline": baseline, "metric": metric, **r,
                          "verdict": verdict(metric, r["ci_low"], r["ci_high"])})  # fmt: skip

@@ -199,7 +199,14 @@ def _comparisons_markdown(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> 
         + f" (bootstrap seed {cfg.seed}). **better** / **worse**: the interval excludes 0 (for ECE "
         "lower is better); otherwise not distinguishable from noise (≈). "
         f"{len(rows)} comparisons, no correction for multiple testing: at 95% about 1 in 20 differences that "
-        "are really zero will still read better or worse. All rows: comparisons.csv.",
+        "are really zero will still read better or worse. "
+        + (
+            "With one seed the interval covers the sampling of test images only, not the seed-to-seed variation "
+            "of training: run more seeds (--seeds) before trusting a verdict. "
+            if cfg.reproduce.seeds < 2
+            else ""
+        )
+        + "All rows: comparisons.csv.",
         "",
         "| method | baseline | seeds | " + " | ".join(_METRIC_NAMES[m] for m in compare.METRICS) + " |",
         "|---|---|---:|" + "---:|" * len(compare.METRICS),

@@ -70,6 +70,14 @@ def test_leading_slash_is_read_relative_to_root_with_one_notice(tmp_path, mini_r
     )
 
 
+def test_full_paths_inside_the_root_are_read_as_the_path_below_it(tmp_path, mini_root):
+    plain = load_split(mini_root / "Mini_LT_train.txt", mini_root, 10)
+    lines = (mini_root / "Mini_LT_train.txt").read_text().splitlines()
+    absolute = tmp_path / "train_abs.txt"
+    absolute.write_text("".join(f"{mini_root.absolute()}/{line}\n" for line in lines))
+    assert load_split(absolute, mini_root, 10).paths == plain.paths
+
+
 @pytest.fixture()
 def no_class_5(tmp_path, mini_root):
     """The mini set whose train split lost class 5's lines (val and test keep class 5)."""
