@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import load_config
-from .errors import RunFailed, UserError
-from .logs import setup_logging
+from .core.config import load_config
+from .core.errors import RunFailed, UserError
+from .core.logs import setup_logging
 
 log = logging.getLogger("lnr_dist")
 
@@ -28,7 +28,7 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = False) ->
 
 
 def _cmd_flips(args: argparse.Namespace) -> int:
-    from .flips_job import FlipsConfig, format_summary, run_flips
+    from .infer.flips_job import FlipsConfig, format_summary, run_flips
 
     flags = {
         "probs": args.probs,
@@ -110,7 +110,7 @@ def _cmd_data_make_cifar(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from .config import load_section
+    from .core.config import load_section
     from .data.check import check_data
     from .data.config import DataConfig
 
@@ -132,7 +132,7 @@ def _load_experiment(args: argparse.Namespace):
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from .config import to_yaml
+    from .core.config import to_yaml
 
     print(to_yaml(_load_experiment(args)), end="")
     return 0
@@ -186,7 +186,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from .flips_job import format_summary
+    from .infer.flips_job import format_summary
 
     cfg = _load_experiment(args)
     summary = _run_job("infer", cfg)

@@ -25,7 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import storage
+from ..core import storage
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _reachable(address: str) -> bool:
 def _allocation_env() -> dict[str, str]:
     """raycluster.RAY_ENV, forced (every node of the cluster and its driver must agree), without usage stats.
     Imported here, not at the top: `launch` imports this module on the submitting machine, which needs no Ray."""
-    from ..raycluster import RAY_ENV
+    from ..runtime.raycluster import RAY_ENV
 
     return {**RAY_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -174,7 +174,7 @@ def _wait_for_nodes(address: str, count: int, timeout: float) -> None:
     import ray
 
     from ..experiment import RayConfig
-    from ..raycluster import ensure_ray
+    from ..runtime.raycluster import ensure_ray
 
     os.environ.update(_allocation_env())
     ensure_ray(RayConfig(address=address))

@@ -20,40 +20,40 @@ from typing import Any
 
 import submitit
 
-from .. import config as config_lib
+from ..core import config as config_lib
+from ..core.logs import setup_logging
 from ..experiment import ExperimentConfig
-from ..logs import setup_logging
 from .ray_allocation import TaskPlace, ray_allocation
 
 log = logging.getLogger(__name__)
 
 
 def _stage1(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..train import fit
+    from ..train.trainer import fit
 
     return fit(cfg, "stage1", out=None if out is None else Path(out))
 
 
 def _stage2(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..train import fit
+    from ..train.trainer import fit
 
     return fit(cfg, "stage2", out=None if out is None else Path(out))
 
 
 def _infer(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..infer import run_inference
+    from ..infer.inference import run_inference
 
     return run_inference(cfg)
 
 
 def _tune(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..tune import run_sweep
+    from ..tune.sweep import run_sweep
 
     return run_sweep(cfg)
 
 
 def _features(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..features import cached_features, features_dir
+    from ..features.cache import cached_features, features_dir
 
     shapes = {name: list(array.shape) for name, array in cached_features(cfg).items()}
     return {"folder": str(features_dir(cfg.with_absolute_paths())), "shapes": shapes}

@@ -8,7 +8,7 @@ seeds, the seeds too; both methods are scored on the same resampled images (pair
 same seeds (paired by seed). A verdict says "better" or "worse" only when the interval excludes 0; otherwise
 "not distinguishable from noise". No correction for multiple comparisons is made (the report says how many).
 
-Metrics follow lnr_dist.metrics exactly (hit, confidence and ECE bin of each sample from `sample_terms`): top-1,
+Metrics follow lnr_dist.train.metrics exactly (hit, confidence and ECE bin of each sample from `sample_terms`): top-1,
 many / medium / few (mean per-class accuracy of the group's classes present in test) and ECE (15 bins), all in %.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..data.manifest import GROUPS, Manifest
-from ..metrics import ECE_BINS, sample_terms
+from ..train.metrics import ECE_BINS, sample_terms
 
 METRICS = ("top1", "many", "medium", "few", "ece")
 LOWER_IS_BETTER = frozenset({"ece"})

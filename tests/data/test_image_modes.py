@@ -19,13 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lnr_dist import config as config_lib
+from lnr_dist.core import config as config_lib
+from lnr_dist.core.dist import RankContext
+from lnr_dist.core.errors import UserError
 from lnr_dist.data.check import check_data
 from lnr_dist.data.decode import load_rgb
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.splits import load_split
-from lnr_dist.dist import RankContext
-from lnr_dist.errors import UserError
 
 from ..conftest import mini_data_config
 
