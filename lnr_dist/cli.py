@@ -141,7 +141,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _run_job(job: str, cfg):
     """Run a config-driven job here, or, inside an sbatch template's allocation, on a Ray cluster spanning it
     (None on the tasks that only lend their node)."""
-    from .launch.tasks import JOBS, in_sbatch_allocation, run_in_allocation
+    from .jobs import JOBS
+    from .launch.ray_allocation import in_sbatch_allocation, run_in_allocation
 
     return run_in_allocation(job, cfg) if in_sbatch_allocation() else JOBS[job](cfg, None)
 

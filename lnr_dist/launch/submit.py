@@ -20,7 +20,8 @@ import submitit
 from ..core import config as config_lib
 from ..core.errors import UserError
 from ..experiment import ExperimentConfig
-from .tasks import JOBS, JobTask
+from ..jobs import JOBS
+from .tasks import JobTask
 
 log = logging.getLogger(__name__)
 

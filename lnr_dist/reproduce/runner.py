@@ -47,7 +47,7 @@ def _hash(cfg: ExperimentConfig, sections: set[str], *extra: Any) -> str:
 
 
 def local_executor() -> Callable[[str, ExperimentConfig, str | None], dict[str, Any]]:
-    from ..launch.tasks import JOBS
+    from ..jobs import JOBS
 
     return lambda job, cfg, out: JOBS[job](cfg, out)
 
