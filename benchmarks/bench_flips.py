@@ -13,8 +13,8 @@ import tracemalloc
 
 import numpy as np
 
+from lnr_dist.core.synthetic import long_tailed_predictions
 from lnr_dist.lnr import compute_flips
-from lnr_dist.synthetic import long_tailed_predictions
 
 SHAPES = {
     # name: (num_samples, num_classes, n_max, n_min)

@@ -21,13 +21,13 @@ import torch
 from bench_flips import SHAPES, long_tail_counts
 from bench_loader import write_images
 
-from lnr_dist.checkpoint import save_checkpoint
+from lnr_dist.core.synthetic import long_tailed_predictions
 from lnr_dist.data.config import DataConfig
 from lnr_dist.experiment import ExperimentConfig, InferConfig, RayConfig
-from lnr_dist.infer import run_inference
+from lnr_dist.infer.inference import run_inference
 from lnr_dist.lnr import accumulate_stats, candidates_for_rows, default_chunk_rows
-from lnr_dist.models import ModelConfig, build_model
-from lnr_dist.synthetic import long_tailed_predictions
+from lnr_dist.models.checkpoint import save_checkpoint
+from lnr_dist.models.network import ModelConfig, build_model
 
 
 def bare_rate(arch: str, batch: int, threads: int, steps: int = 8) -> float:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lnr_dist.core.dist import RankContext
 from lnr_dist.data.config import DataConfig
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.splits import load_split
-from lnr_dist.dist import RankContext
 
 
 def write_images(root: Path, count: int, size: int = 256) -> Path:

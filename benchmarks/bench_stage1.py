@@ -21,8 +21,8 @@ from bench_loader import write_images  # noqa: E402  (benchmarks/ is the script 
 
 from lnr_dist.data.config import DataConfig
 from lnr_dist.experiment import ExperimentConfig, RayConfig, TrainConfig
-from lnr_dist.models import ModelConfig, build_model
-from lnr_dist.train import fit
+from lnr_dist.models.network import ModelConfig, build_model
+from lnr_dist.train.trainer import fit
 
 
 def bare_rate(arch: str, batch: int, threads: int, steps: int = 6) -> float:

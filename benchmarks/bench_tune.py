@@ -27,10 +27,10 @@ from lnr_dist.experiment import (
     TrainConfig,
     TuneConfig,
 )
-from lnr_dist.features import cached_features
-from lnr_dist.infer import run_inference
-from lnr_dist.train import fit
-from lnr_dist.tune import run_sweep
+from lnr_dist.features.cache import cached_features
+from lnr_dist.infer.inference import run_inference
+from lnr_dist.train.trainer import fit
+from lnr_dist.tune.sweep import run_sweep
 
 
 def main() -> None:

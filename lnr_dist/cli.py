@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import load_config
-from .errors import RunFailed, UserError
-from .logs import setup_logging
+from .core.config import load_config
+from .core.errors import RunFailed, UserError
+from .core.logs import setup_logging
 
 log = logging.getLogger("lnr_dist")
 
@@ -28,7 +28,7 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = False) ->
 
 
 def _cmd_flips(args: argparse.Namespace) -> int:
-    from .flips_job import FlipsConfig, format_summary, run_flips
+    from .infer.flips_job import FlipsConfig, format_summary, run_flips
 
     flags = {
         "probs": args.probs,
@@ -110,7 +110,7 @@ def _cmd_data_make_cifar(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from .config import load_section
+    from .core.config import load_section
     from .data.check import check_data
     from .data.config import DataConfig
 
@@ -132,7 +132,7 @@ def _load_experiment(args: argparse.Namespace):
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from .config import to_yaml
+    from .core.config import to_yaml
 
     print(to_yaml(_load_experiment(args)), end="")
     return 0
@@ -141,7 +141,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _run_job(job: str, cfg):
     """Run a config-driven job here, or, inside an sbatch template's allocation, on a Ray cluster spanning it
     (None on the tasks that only lend their node)."""
-    from .launch.tasks import JOBS, in_sbatch_allocation, run_in_allocation
+    from .jobs import JOBS
+    from .launch.ray_allocation import in_sbatch_allocation, run_in_allocation
 
     return run_in_allocation(job, cfg) if in_sbatch_allocation() else JOBS[job](cfg, None)
 
@@ -186,7 +187,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from .flips_job import format_summary
+    from .infer.flips_job import format_summary
 
     cfg = _load_experiment(args)
     summary = _run_job("infer", cfg)

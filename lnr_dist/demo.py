@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from .core.config import load_config
 from .experiment import ExperimentConfig
 
 MINI_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mini.yaml"

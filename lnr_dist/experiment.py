@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from .core.errors import UserError
 from .data.config import DataConfig
-from .errors import UserError
-from .models import ModelConfig
+from .models.network import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class TrainConfig:
     batch_size and eval_batch_size are GLOBAL (as papers state them); each of W workers takes batch_size / W,
     so the recipe means the same for any worker count.
 
-    Learning-rate schedule (lnr_dist.engine.lr_multiplier gives the exact rule): a linear warm-up over
+    Learning-rate schedule (lnr_dist.train.engine.lr_multiplier gives the exact rule): a linear warm-up over
     `warmup_epochs`, then `schedule` cosine (to 0 at the end of `epochs`) or step (x `gamma` after each epoch
     of `milestones`). `schedule_unit` step changes the LR after every optimizer step; epoch holds it for a whole
     epoch, set at the epoch's start, as MiSLAS's and LNR's `adjust_learning_rate` do.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lnr_dist.synthetic import exponential_counts, long_tailed_predictions
+from lnr_dist.core.synthetic import exponential_counts, long_tailed_predictions
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +73,7 @@ def ray_session():
     import ray
 
     from lnr_dist.experiment import RayConfig
-    from lnr_dist.raycluster import ensure_ray
+    from lnr_dist.runtime.raycluster import ensure_ray
 
     ensure_ray(RayConfig())
     yield
@@ -83,7 +83,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def stage1_checkpoint(mini_root, tmp_path_factory, ray_session):
     """A tiny stage-1 model trained in the tests (real Ray, 2 workers, 3 epochs): its best checkpoint."""
-    from lnr_dist.train import fit
+    from lnr_dist.train.trainer import fit
 
     cfg = mini_experiment(
         mini_root, tmp_path_factory.mktemp("stage1"), stage1={"epochs": 3}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lnr_dist.cli import main
-from lnr_dist.config import load_config, load_section
+from lnr_dist.core.config import load_config, load_section
 from lnr_dist.data.config import DataConfig
 from lnr_dist.experiment import ExperimentConfig
 
@@ -171,7 +171,7 @@ def test_missing_config_file_is_one_line(capsys, tmp_path):
 
 
 def test_sweep_epochs_shorter_than_the_stage2_step_schedule_is_a_config_error(tmp_path):
-    from lnr_dist.config import ConfigError
+    from lnr_dist.core.config import ConfigError
 
     overrides = ["stage2.schedule=step", "stage2.epochs=20", "stage2.milestones=[10, 15]", "tune.epochs=12"]
     with pytest.raises(

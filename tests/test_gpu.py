@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from lnr_dist.checkpoint import load_model, save_checkpoint
+from lnr_dist.core.dist import RankContext
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.data.splits import load_split
-from lnr_dist.dist import RankContext
-from lnr_dist.engine import build_lr_scheduler, collect_logits, evaluate, train_one_epoch
 from lnr_dist.experiment import TrainConfig
-from lnr_dist.losses import CrossEntropy
-from lnr_dist.metrics import compute_metrics
-from lnr_dist.models import ModelConfig, build_model
+from lnr_dist.models.checkpoint import load_model, save_checkpoint
+from lnr_dist.models.losses import CrossEntropy
+from lnr_dist.models.network import ModelConfig, build_model
+from lnr_dist.train.engine import build_lr_scheduler, collect_logits, evaluate, train_one_epoch
+from lnr_dist.train.metrics import compute_metrics
 from tests.conftest import mini_data_config
 
 pytestmark = [

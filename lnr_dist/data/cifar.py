@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import storage
-from ..errors import UserError
+from ..core import storage
+from ..core.errors import UserError
 
 _LAYOUTS = {
     10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),

@@ -21,7 +21,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .check import image_problem
 from .loader import Batch, BatchLoader
 from .sampling import balanced_order, shard_bounds, shard_of

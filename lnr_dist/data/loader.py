@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..dist import RankContext
+from ..core.dist import RankContext
 from .config import DataConfig
 from .splits import Split
 

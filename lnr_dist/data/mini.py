@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import storage
-from ..errors import UserError
+from ..core import storage
+from ..core.errors import UserError
 from .cifar import exponential_profile
 
 PREFIX = "Mini_LT"

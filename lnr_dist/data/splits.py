@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..lnr.validate import class_list, empty_classes
 
 log = logging.getLogger(__name__)

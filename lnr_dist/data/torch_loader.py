@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .decode import load_rgb
 from .loader import Batch, BatchLoader
 from .sampling import balanced_order, instance_order, shard_of

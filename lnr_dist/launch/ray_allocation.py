@@ -6,6 +6,9 @@ filesystem); the others wait for it, join with `ray start --block` and stay unti
 head stops answering. Each `ray start` runs in its own process group and is killed as a group: Ray's agents
 otherwise linger and hold their ports. Each task has its own short RAY_TMPDIR (Unix socket paths are limited to
 ~107 bytes) and its own port block, so that several "nodes" on one host never clash.
+
+`run_in_allocation` runs a job of the registry (lnr_dist/jobs.py) this way, from a submitit task (tasks.py) or
+from an sbatch template's srun (`in_sbatch_allocation`); neither path needs submitit here.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .. import storage
+from ..core import storage
+from ..jobs import JOBS
+
+if TYPE_CHECKING:
+    from ..experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +87,7 @@ def _reachable(address: str) -> bool:
 def _allocation_env() -> dict[str, str]:
     """raycluster.RAY_ENV, forced (every node of the cluster and its driver must agree), without usage stats.
     Imported here, not at the top: `launch` imports this module on the submitting machine, which needs no Ray."""
-    from ..raycluster import RAY_ENV
+    from ..runtime.raycluster import RAY_ENV
 
     return {**RAY_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -174,7 +182,7 @@ def _wait_for_nodes(address: str, count: int, timeout: float) -> None:
     import ray
 
     from ..experiment import RayConfig
-    from ..raycluster import ensure_ray
+    from ..runtime.raycluster import ensure_ray
 
     os.environ.update(_allocation_env())
     ensure_ray(RayConfig(address=address))
@@ -191,3 +199,32 @@ def _disconnect() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def allocation_place() -> TaskPlace:
+    """This task's place in its SLURM allocation (one task per node), from SLURM's variables."""
+    cpus = int(
+        os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or os.cpu_count()
+    )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    gpus = len([d for d in visible.split(",") if d.strip()])
+    # a requeued job must not meet its last attempt's Ray: each attempt has its own folders
+    attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
+    job_id = f"{os.environ['SLURM_JOB_ID']}.{attempt}"
+    return TaskPlace(int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), job_id, cpus, gpus)
+
+
+def run_in_allocation(job: str, cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any] | None:
+    """Run `job` on a Ray cluster spanning the allocation: the result on task 0, None on the other tasks."""
+    place = allocation_place()
+    share = Path(cfg.with_absolute_paths().run_dir) / "slurm" / f"ray-{place.job_id}"
+    with ray_allocation(place, share) as address:
+        if address is None:
+            log.info("task %d lent its node to the Ray cluster of task 0; done", place.rank)
+            return None
+        return JOBS[job](replace(cfg, ray=replace(cfg.ray, address=address)), out)
+
+
+def in_sbatch_allocation() -> bool:
+    """The sbatch templates (cluster/sbatch/) set LNR_RAY_ALLOCATION=1 and start one task per node with srun."""
+    return os.environ.get("LNR_RAY_ALLOCATION") == "1" and "SLURM_PROCID" in os.environ

@@ -17,10 +17,11 @@ from typing import Any, Literal
 
 import submitit
 
-from .. import config as config_lib
-from ..errors import UserError
+from ..core import config as config_lib
+from ..core.errors import UserError
 from ..experiment import ExperimentConfig
-from .tasks import JOBS, JobTask, user_error_file
+from ..jobs import JOBS
+from .tasks import JobTask, user_error_file
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,11 @@ class Submitted:
 def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
     """What can fail without a cluster fails here: splits and their files, batch sizes, and the inputs a job
     reads from earlier steps (unless the pipeline makes them)."""
-    from ..checkpoint import load_model
     from ..data.splits import load_train_split
-    from ..flip_sources import FlipSource
-    from ..infer import checkpoint_path
-    from ..train import preflight
+    from ..infer.inference import checkpoint_path
+    from ..models.checkpoint import load_model
+    from ..stage2.flip_sources import FlipSource
+    from ..train.trainer import preflight
 
     if job in ("stage1", "stage2"):
         preflight(cfg, job)

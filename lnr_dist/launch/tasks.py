@@ -1,11 +1,13 @@
 """The jobs as submitit tasks: a picklable callable per job, which SLURM can requeue without losing work.
 
 `JobTask(job, config)` carries the resolved ExperimentConfig as a plain dict (validated on the submitting
-machine). On SLURM every task of the allocation calls it: task 0 becomes the Ray driver, the others lend their
-node to the Ray cluster (ray_allocation.py). On preemption or timeout submitit calls `checkpoint()`, which
-resubmits the same task: the job itself resumes from its last complete checkpoint (stage 1/2 `last.pt`; the
-inference and sweep jobs recompute, their outputs are only written complete), so nothing before the last
-checkpoint is lost. `scontrol requeue` runs the same pickled task again, with the same effect.
+machine) and runs the job of that name from the registry (lnr_dist/jobs.py). On SLURM every task of the
+allocation calls it: task 0 becomes the Ray driver, the others lend their node to the Ray cluster
+(ray_allocation.py). On preemption or timeout submitit calls `checkpoint()`, which resubmits the same task: the
+job itself resumes from its last complete checkpoint (stage 1/2 `last.pt`; the inference and sweep jobs
+recompute, their outputs are only written complete), so nothing before the last checkpoint is lost.
+`scontrol requeue` runs the same pickled task again, with the same effect. This is the one module that imports
+submitit besides submit.py: a local job never loads it.
 """
 
 from __future__ import annotations
@@ -13,91 +15,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from .. import config as config_lib
-from .. import storage
-from ..errors import UserError
+from ..core import config as config_lib
+from ..core import storage
+from ..core.errors import UserError
+from ..core.logs import setup_logging
 from ..experiment import ExperimentConfig
-from ..logs import setup_logging
-from .ray_allocation import TaskPlace, ray_allocation
+from ..jobs import JOBS
+from .ray_allocation import run_in_allocation
 
 log = logging.getLogger(__name__)
-
-
-def _stage1(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..train import fit
-
-    return fit(cfg, "stage1", out=None if out is None else Path(out))
-
-
-def _stage2(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..train import fit
-
-    return fit(cfg, "stage2", out=None if out is None else Path(out))
-
-
-def _infer(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..infer import run_inference
-
-    return run_inference(cfg)
-
-
-def _tune(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..tune import run_sweep
-
-    return run_sweep(cfg)
-
-
-def _features(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from ..features import cached_features, features_dir
-
-    shapes = {name: list(array.shape) for name, array in cached_features(cfg).items()}
-    return {"folder": str(features_dir(cfg.with_absolute_paths())), "shapes": shapes}
-
-
-# name -> (config, optional output folder replacing the stage's default) -> the job's summary
-JOBS: dict[str, Callable[[ExperimentConfig, str | None], dict[str, Any]]] = {
-    "stage1": _stage1,
-    "infer": _infer,
-    "tune": _tune,
-    "stage2": _stage2,
-    "features": _features,
-}
-
-
-def allocation_place() -> TaskPlace:
-    """This task's place in its SLURM allocation (one task per node), from SLURM's variables."""
-    cpus = int(
-        os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or os.cpu_count()
-    )
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    gpus = len([d for d in visible.split(",") if d.strip()])
-    # a requeued job must not meet its last attempt's Ray: each attempt has its own folders
-    attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
-    job_id = f"{os.environ['SLURM_JOB_ID']}.{attempt}"
-    return TaskPlace(int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), job_id, cpus, gpus)
-
-
-def run_in_allocation(job: str, cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any] | None:
-    """Run `job` on a Ray cluster spanning the allocation: the result on task 0, None on the other tasks."""
-    place = allocation_place()
-    share = Path(cfg.with_absolute_paths().run_dir) / "slurm" / f"ray-{place.job_id}"
-    with ray_allocation(place, share) as address:
-        if address is None:
-            log.info("task %d lent its node to the Ray cluster of task 0; done", place.rank)
-            return None
-        return JOBS[job](replace(cfg, ray=replace(cfg.ray, address=address)), out)
-
-
-def in_sbatch_allocation() -> bool:
-    """The sbatch templates (cluster/sbatch/) set LNR_RAY_ALLOCATION=1 and start one task per node with srun."""
-    return os.environ.get("LNR_RAY_ALLOCATION") == "1" and "SLURM_PROCID" in os.environ
 
 
 def user_error_file(folder: str | os.PathLike, job_id: str) -> Path:

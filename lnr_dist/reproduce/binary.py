@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..experiment import BinaryConfig, ExperimentConfig
 from ..lnr import FlipTable, binary_flips
-from ..train import load_splits
+from ..train.trainer import load_splits
 from .feature_heads import NotApplicable, oversample
 
 COMPARED = ("no_flip", "lnr", "random", "smote", "adasyn")

@@ -10,7 +10,7 @@ same seeds (paired by seed). A verdict says "better" or "worse" only when the in
 With one seed the interval covers the sampling of test images only, not the seed-to-seed variation of training;
 resampling k seeds with replacement understates that variation by about (k - 1) / k.
 
-Metrics follow lnr_dist.metrics exactly (hit, confidence and ECE bin of each sample from `sample_terms`): top-1,
+Metrics follow lnr_dist.train.metrics exactly (hit, confidence and ECE bin of each sample from `sample_terms`): top-1,
 many / medium / few (mean per-class accuracy of the group's classes present in test) and ECE (15 bins), all in %.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..data.manifest import GROUPS, Manifest
-from ..metrics import ECE_BINS, sample_terms
+from ..train.metrics import ECE_BINS, sample_terms
 
 log = logging.getLogger(__name__)
 

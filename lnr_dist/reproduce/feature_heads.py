@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import storage
+from ..core import storage
 from ..experiment import ExperimentConfig
-from ..features import head_inputs
-from ..head_training import evaluate_logits, train_head
-from ..train import write_test_logits
+from ..features.cache import head_inputs
+from ..features.heads import evaluate_logits, train_head
+from ..train.trainer import write_test_logits
 from .methods import stage2_variant
 
 
@@ -55,7 +55,7 @@ def oversample(
 
 
 def head_method(cfg: ExperimentConfig, method: str, folder: Path) -> dict[str, Any]:
-    from ..flip_sources import stage2_flips
+    from ..stage2.flip_sources import stage2_flips
 
     cfg = cfg.with_absolute_paths()
     inputs = head_inputs(cfg)
@@ -80,7 +80,7 @@ def head_method(cfg: ExperimentConfig, method: str, folder: Path) -> dict[str, A
     evaluation = evaluate_logits(val_logits, test_logits, labels, manifest)
     results = {"method": method, "trained_on": "cached features", "best_epoch": result.best_epoch,
                "val": result.best, **evaluation, **extra, "manifest": manifest.to_dict()}  # fmt: skip
-    # feature rows are dataset indices of the split (features.py)
+    # feature rows are dataset indices of the split (features/cache.py)
     write_test_logits(folder, test_logits.numpy(), labels["test"], np.arange(labels["test"].size),
                       evaluation["temperature"])  # fmt: skip
     storage.write_json(folder / "results.json", results)

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 
+from ..core.plots import plt, save_figure
 from ..data.manifest import GROUPS, Manifest
 from ..experiment import ExperimentConfig
 from ..lnr import FlipTable
-from ..metrics import ECE_BINS as BINS
-from ..metrics import MetricSums
-from ..plots import plt, save_figure
+from ..train.metrics import ECE_BINS as BINS
+from ..train.metrics import MetricSums
 
 FLIP_BINS = 20  # frequency bins of the class-level flip matrix (classes above this count are binned)
 ACCURACY_BINS = 30  # frequency bins of the per-class accuracy plot
@@ -249,7 +249,7 @@ def _per_class(results: dict[str, list[dict[str, Any]]], manifest: Manifest, pat
 
 def lnr_flips(cfg: ExperimentConfig, outcome: Any) -> tuple[FlipTable, float]:
     """The flips the lnr method trained on for one seed (tuned threshold, from the inference outputs)."""
-    from ..flip_sources import FlipSource, tuned_threshold
+    from ..stage2.flip_sources import FlipSource, tuned_threshold
 
     seed_cfg = replace(cfg, seed=outcome.seed, run_dir=str(outcome.folder))
     threshold = tuned_threshold(seed_cfg)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..experiment import ExperimentConfig
 
-# shared steps, in the order they must run; each maps to a job of lnr_dist/launch/tasks.py
+# shared steps, in the order they must run; each maps to a job of lnr_dist/jobs.py
 SHARED_STEPS = ("stage1_ce", "stage1", "infer", "tune", "features")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import storage
+from ..core import storage
 from ..data.manifest import Manifest
 from ..experiment import ExperimentConfig
 from . import compare

@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import config as config_lib
-from .. import storage
-from ..errors import UserError
+from ..core import config as config_lib
+from ..core import storage
+from ..core.errors import UserError
 from ..experiment import ExperimentConfig
 from .methods import METHODS, SHARED_STEPS, SeedRun
 from .steps import StepLog, config_hash
@@ -47,7 +47,7 @@ def _hash(cfg: ExperimentConfig, sections: set[str], *extra: Any) -> str:
 
 
 def local_executor() -> Callable[[str, ExperimentConfig, str | None], dict[str, Any]]:
-    from ..launch.tasks import JOBS
+    from ..jobs import JOBS
 
     return lambda job, cfg, out: JOBS[job](cfg, out)
 
@@ -111,7 +111,7 @@ def _summary(result: dict[str, Any] | None) -> dict[str, Any]:
 
 def reproduce(cfg: ExperimentConfig, execute=None) -> dict[str, Any]:
     """Run everything; returns {"results_md": path, "figures": [...], "ran": [...], "skipped": [...]}."""
-    from ..train import preflight
+    from ..train.trainer import preflight
     from .report import write_report
 
     cfg = cfg.with_absolute_paths()

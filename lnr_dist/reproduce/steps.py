@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import storage
-from ..errors import UserError
+from ..core import storage
+from ..core.errors import UserError
 
 log = logging.getLogger(__name__)
 

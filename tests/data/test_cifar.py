@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
+from lnr_dist.core.errors import UserError
 from lnr_dist.data.cifar import exponential_profile, make_cifar_lt
 from lnr_dist.data.splits import load_split
-from lnr_dist.errors import UserError
 
 
 def write_cifar10(folder, per_class_train: int = 30, per_class_test: int = 5) -> None:

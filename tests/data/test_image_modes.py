@@ -19,13 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lnr_dist import config as config_lib
+from lnr_dist.core import config as config_lib
+from lnr_dist.core.dist import RankContext
+from lnr_dist.core.errors import UserError
 from lnr_dist.data.check import check_data
 from lnr_dist.data.decode import load_rgb
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.splits import load_split
-from lnr_dist.dist import RankContext
-from lnr_dist.errors import UserError
 
 from ..conftest import mini_data_config
 
@@ -130,11 +130,11 @@ DALI_SCRIPT = r"""
 import json, sys
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
-from lnr_dist import config as config_lib
+from lnr_dist.core import config as config_lib
 from lnr_dist.data.config import DataConfig
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.splits import load_split
-from lnr_dist.dist import RankContext
+from lnr_dist.core.dist import RankContext
 
 args = json.loads(sys.argv[1])
 cfg = config_lib.from_dict(DataConfig, args["data"])

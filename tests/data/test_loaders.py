@@ -12,11 +12,11 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from lnr_dist.core.dist import RankContext
+from lnr_dist.core.errors import UserError
 from lnr_dist.data.check import structure_problem
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.splits import load_split
-from lnr_dist.dist import RankContext
-from lnr_dist.errors import UserError
 
 from ..conftest import mini_data_config
 

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from lnr_dist.cli import main
+from lnr_dist.core.errors import UserError
 from lnr_dist.data.check import check_data
 from lnr_dist.data.cifar import exponential_profile
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.data.mini import make_mini
 from lnr_dist.data.splits import load_split
-from lnr_dist.errors import UserError
 
 from ..conftest import mini_data_config
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lnr_dist import config as config_lib
 from lnr_dist.cli import main
+from lnr_dist.core import config as config_lib
+from lnr_dist.core.errors import UserError
 from lnr_dist.data.check import check_data
 from lnr_dist.data.splits import load_split, load_train_split
-from lnr_dist.errors import UserError
 from lnr_dist.launch.submit import check_before_submit
 from lnr_dist.reproduce.runner import reproduce
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from lnr_dist import config as config_lib
 from lnr_dist.cli import main
-from lnr_dist.errors import UserError
+from lnr_dist.core import config as config_lib
+from lnr_dist.core.errors import UserError
 from lnr_dist.experiment import FaultConfig
 from lnr_dist.launch.submit import ACTIVE, PIPELINE, JobFailed, LaunchOptions, launch, queue_state, wait_for
 from tests.conftest import mini_experiment
-from tests.test_infer_ray import flips_bytes_from
+from tests.infer.test_infer_ray import flips_bytes_from
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -106,7 +106,7 @@ def test_pipeline_runs_to_the_end_with_dependencies_and_the_sbatch_template(
 def test_two_node_allocation_runs_inference_with_the_flips_of_a_local_run(
     slurm_cluster, mini_root, stage1_checkpoint, tmp_path
 ):
-    from lnr_dist.infer import run_inference
+    from lnr_dist.infer.inference import run_inference
 
     infer = {"threshold": 2.0, "checkpoint": str(stage1_checkpoint)}
     local = mini_experiment(mini_root, tmp_path / "local", infer=infer)

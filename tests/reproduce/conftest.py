@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lnr_dist import storage
-from lnr_dist.calibration import metrics_at
+from lnr_dist.core import storage
+from lnr_dist.core.synthetic import exponential_counts
 from lnr_dist.data.config import DataConfig
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.experiment import ExperimentConfig, ReproduceConfig
 from lnr_dist.lnr import class_prior
 from lnr_dist.reproduce.runner import SeedOutcome
-from lnr_dist.synthetic import exponential_counts
+from lnr_dist.train.calibration import metrics_at
 
 # method -> (accuracy change in the head, in the tail), in points: LNR-like methods trade head for tail
 EFFECTS = {"ce": (0, -25), "mixup": (2, -22), "mislas": (-2, 0), "lnr": (-3, 6), "random": (-4, 1),

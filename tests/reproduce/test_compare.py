@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from lnr_dist.calibration import metrics_at
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.reproduce import compare
 from lnr_dist.reproduce.compare import NOISE, SampleScores, paired_bootstrap, verdict
+from lnr_dist.train.calibration import metrics_at
 
 # 12 classes: 3 many (> 100), 5 medium, 4 few (< 20) training images
 TRAIN_COUNTS = [300, 200, 150, 90, 60, 40, 30, 25, 15, 10, 6, 3]

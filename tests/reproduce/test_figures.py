@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lnr_dist.core.synthetic import exponential_counts
 from lnr_dist.data.manifest import GROUPS, Manifest
 from lnr_dist.lnr import FlipTable
 from lnr_dist.reproduce.figures import (
@@ -20,7 +21,6 @@ from lnr_dist.reproduce.figures import (
     reliability_sums,
     write_figures,
 )
-from lnr_dist.synthetic import exponential_counts
 from tests.reproduce.conftest import synthetic_run
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lnr_dist.errors import UserError
+from lnr_dist.core.errors import UserError
 from lnr_dist.experiment import BinaryConfig, ReproduceConfig
 from lnr_dist.reproduce.methods import METHODS, Method
 from lnr_dist.reproduce.report import COLUMNS, method_row
@@ -114,9 +114,9 @@ def test_every_json_written_is_standard_json(first_run):
 def test_saved_test_logits_reproduce_the_table_exactly(first_run):
     import torch
 
-    from lnr_dist.calibration import metrics_at
     from lnr_dist.data.manifest import Manifest
     from lnr_dist.reproduce.figures import reliability
+    from lnr_dist.train.calibration import metrics_at
 
     cfg, _ = first_run
     root = Path(cfg.with_absolute_paths().run_dir)

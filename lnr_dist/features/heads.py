@@ -1,0 +1,127 @@
+"""Stage 2 on cached features: the classifier head (+ LWS) trained with label-aware smoothing on class-balanced
+batches of precomputed stage-1 features. The threshold sweep uses it when the backbone is frozen and its BN is
+not shifted: the same recipe as stage 2 without touching an image (features of un-augmented images stand in
+for those of augmented ones)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.manifest import Manifest
+from ..data.sampling import balanced_order, instance_order
+from ..experiment import Stage2Config
+from ..lnr import FlipTable
+from ..models.network import LearnableWeightScaling
+from ..train.calibration import fit_temperature, metrics_at
+from ..train.engine import build_lr_scheduler
+from ..train.recipes import head_param_groups, stage2_loss
+
+
+class Head(nn.Module):
+    """The stage-1 classifier (copied) followed by LWS: features -> logits."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, lws: bool) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.classifier.weight.copy_(weight)
+            self.classifier.bias.copy_(bias)
+        self.scaling: nn.Module = LearnableWeightScaling(weight.shape[0]) if lws else nn.Identity()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scaling(self.classifier(features))
+
+
+@dataclass
+class HeadResult:
+    head: Head
+    best_epoch: int
+    best: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train_head(
+    s2: Stage2Config,
+    epochs: int,
+    manifest: Manifest,
+    features: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    classifier: dict[str, torch.Tensor],
+    flips: FlipTable | None,
+    seed: int,
+    objective: str,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> HeadResult:
+    """Train on features["train"] with flipped labels; keep the epoch with the best validation `objective`."""
+    torch.manual_seed(seed)
+    train_labels = labels["train"]
+    targets = flips.apply(np.arange(train_labels.size), train_labels) if flips is not None else train_labels
+    x, y = torch.from_numpy(features["train"]), torch.from_numpy(targets)
+    x_val, y_val = torch.from_numpy(features["val"]), torch.from_numpy(labels["val"])
+    head = Head(classifier["classifier.weight"], classifier["classifier.bias"], s2.lws)
+    groups = head_param_groups(s2, head.classifier, head.scaling if s2.lws else None)
+    optimizer = torch.optim.SGD(groups, lr=s2.lr, momentum=s2.momentum, weight_decay=s2.weight_decay,
+                                nesterov=s2.nesterov)  # fmt: skip
+    steps = math.ceil(len(y) / s2.batch_size)
+    # `epochs` may be the sweep's shorter tune.epochs: the schedule spans the epochs actually run
+    schedule = s2 if epochs == s2.epochs else replace(s2, epochs=epochs)
+    scheduler = build_lr_scheduler(optimizer, schedule, steps)
+    loss_fn = stage2_loss(s2, manifest)
+    result = HeadResult(head, -1, {objective: -math.inf})
+    best_state = copy.deepcopy(head.state_dict())
+    for epoch in range(epochs):
+        if s2.balanced_sampling:
+            order = balanced_order(train_labels, len(y), seed, epoch)
+        else:
+            order = instance_order(len(y), True, seed, epoch)
+        head.train()
+        for start in range(0, len(order), s2.batch_size):
+            rows = torch.from_numpy(order[start : start + s2.batch_size])
+            loss = loss_fn(head(x[rows]), y[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        head.eval()
+        with torch.no_grad():
+            metrics = metrics_at(head(x_val), y_val, manifest)
+        metrics = {k: v for k, v in metrics.items() if k != "per_class_acc"}
+        result.history.append({"epoch": epoch, **metrics})
+        if metrics[objective] > result.best[objective]:
+            result.best_epoch, result.best = epoch, metrics
+            best_state = copy.deepcopy(head.state_dict())
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    head.load_state_dict(best_state)
+    return result
+
+
+def evaluate_head(
+    head: Head, features: dict[str, np.ndarray], labels: dict[str, np.ndarray], manifest: Manifest
+):
+    """Test metrics before and after temperature scaling fitted on validation."""
+    with torch.no_grad():
+        val = head(torch.from_numpy(features["val"]))
+        test = head(torch.from_numpy(features["test"]))
+    return evaluate_logits(val, test, labels, manifest)
+
+
+def evaluate_logits(
+    val: torch.Tensor, test: torch.Tensor, labels: dict[str, np.ndarray], manifest: Manifest
+) -> dict[str, Any]:
+    """evaluate_head on logits already computed."""
+    y_val, y_test = torch.from_numpy(labels["val"]), torch.from_numpy(labels["test"])
+    temperature = fit_temperature(val, y_val)
+    return {
+        "test": metrics_at(test, y_test, manifest),
+        "test_calibrated": metrics_at(test, y_test, manifest, temperature),
+        "temperature": temperature,
+    }

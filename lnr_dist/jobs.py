@@ -1,0 +1,102 @@
+"""The job registry: every config-driven job by name, with the files it reads and writes in the run folder.
+
+One table for the three ways a job runs: here (`lnr-dist stage1 ...`, `jobs/*.py`, `reproduce` locally),
+inside an sbatch allocation (launch/ray_allocation.py) and as a submitit task (launch/tasks.py). It sits below
+launch/, so a local job never imports submitit; each job imports its stage's package only when it runs, so
+loading the table costs nothing (no torch, no Ray).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .experiment import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job: `job(cfg, out)` runs it and returns its summary (the dict the CLI prints, JSON-able).
+
+    `out` (a folder path as a string, or None) replaces the stage's default output folder where the job has one
+    (stage 2 of several methods in one run, sweep trials); the other jobs ignore it. `reads` and `writes` name
+    the job's inputs and outputs relative to `run_dir` (documentation, one line each)."""
+
+    name: str
+    run: Callable[[ExperimentConfig, str | None], dict[str, Any]]
+    reads: str
+    writes: str
+
+    def __call__(self, cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
+        return self.run(cfg, out)
+
+
+def _stage1(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
+    from .train.trainer import fit
+
+    return fit(cfg, "stage1", out=None if out is None else Path(out))
+
+
+def _stage2(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
+    from .train.trainer import fit
+
+    return fit(cfg, "stage2", out=None if out is None else Path(out))
+
+
+def _infer(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
+    from .infer.inference import run_inference
+
+    return run_inference(cfg)
+
+
+def _tune(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
+    from .tune.sweep import run_sweep
+
+    return run_sweep(cfg)
+
+
+def _features(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
+    from .features.cache import cached_features, features_dir
+
+    shapes = {name: list(array.shape) for name, array in cached_features(cfg).items()}
+    return {"folder": str(features_dir(cfg.with_absolute_paths())), "shapes": shapes}
+
+
+JOBS: dict[str, Job] = {
+    job.name: job
+    for job in (
+        Job(
+            "stage1",
+            _stage1,
+            "the data split files (data.root)",
+            "stage1/ (checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz)",
+        ),
+        Job(
+            "infer",
+            _infer,
+            "the stage-1 checkpoint (infer.checkpoint, else stage1/checkpoints/best.pt)",
+            "infer/ (flips.npz, summary.json; predictions.npy, candidates.npz when asked)",
+        ),
+        Job(
+            "tune",
+            _tune,
+            "infer/ (predictions.npy or candidates.npz), the stage-1 checkpoint (stage2.checkpoint), features/",
+            "tune/ (sweep.csv, sweep.md, sweep.png, chosen_threshold.json; trial_t*/, chosen/ on images)",
+        ),
+        Job(
+            "stage2",
+            _stage2,
+            "the stage-1 checkpoint (stage2.checkpoint); infer/ for LNR flips, tune/chosen_threshold.json if 'tuned'",
+            "stage2/ or `out` (checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz)",
+        ),
+        Job(
+            "features",
+            _features,
+            "the stage-1 checkpoint (stage2.checkpoint), the data split files",
+            "features/ ({train,val,test}.npy, meta.json)",
+        ),
+    )
+}

@@ -1,0 +1,192 @@
+"""One epoch of training and one pass of evaluation: plain PyTorch, no Ray, no files (DeiT's engine.py shape)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.dist import all_reduce_sum
+from ..data.loader import BatchLoader
+from ..experiment import TrainConfig
+from ..models.losses import mixup
+from .metrics import MetricSums
+
+LabelMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: training stops instead of writing a broken checkpoint."""
+
+
+def lr_multiplier(train: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The LR multiplier of `train`'s schedule as a function of the optimizer step (LambdaLR's lr_lambda).
+
+    The trainer steps the scheduler after every optimizer step: the argument s is the number of optimizer steps
+    taken so far (0 before the first). Each parameter group's LR is its own base LR times the multiplier (stage 2:
+    the classifier at lr_factor x lr, LWS at lr, as in MiSLAS). The rule counts units u of one optimizer step
+    (`schedule_unit: step`: u = s, P = steps_per_epoch units per epoch) or of one epoch (`schedule_unit: epoch`:
+    u = s // steps_per_epoch, the 0-based epoch, P = 1, so the LR is set at the start of each epoch and held
+    through it). With W = warmup_epochs * P and T = epochs * P:
+    - warm-up, u < W: (u + 1) / W. Per epoch that is lr * k / warmup_epochs in the 1-based epochs
+      k = 1..warmup_epochs, the rule of MiSLAS's and LNR's `adjust_learning_rate` (train_stage1.py:
+      `lr * epoch / 5` for epochs 1-5, where 5 is hard-coded).
+    - cosine: 0.5 * (1 + cos(pi * (u - W) / (T - W))), 0 at the end of training. Per epoch without warm-up that
+      is `adjust_learning_rate` with `cos: True` (train_stage1.py) and in stage 2 (train_stage2.py, LNR's
+      train_stage2_lnr.py): 0.5 * lr * (1 + cos(pi * e / epochs)).
+    - step: gamma ** (number of milestones m with u >= m * P), i.e. x gamma once (1-based) epoch m has finished.
+      Milestones (160, 180) with gamma 0.1 per epoch is `adjust_learning_rate` with `cos: False` (CIFAR):
+      lr * 0.1 for epochs > 160, lr * 0.01 for epochs > 180.
+
+    Args:
+        train: the stage's TrainConfig (validated: milestones increasing inside (warmup_epochs, epochs]).
+        steps_per_epoch: optimizer steps per epoch (the train loader's length).
+
+    Raises:
+        ValueError: steps_per_epoch < 1.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    # count in units of one step or of one epoch; `per` = units per epoch
+    per_epoch = train.schedule_unit == "epoch"
+    per = 1 if per_epoch else steps_per_epoch
+    warmup, total = train.warmup_epochs * per, train.epochs * per
+    milestones = [m * per for m in train.milestones]
+
+    def factor(step: int) -> float:
+        unit = step // steps_per_epoch if per_epoch else step
+        if unit < warmup:
+            return (unit + 1) / warmup
+        if train.schedule == "step":
+            return train.gamma ** sum(unit >= m for m in milestones)
+        progress = (unit - warmup) / (total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The scheduler of `train` (stepped once per optimizer step; its state, the step count, is checkpointed)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train, steps_per_epoch))
+
+
+def _prepare(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: BatchLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    loss_fn: nn.Module,
+    device: torch.device,
+    epoch: int,
+    *,
+    mixup_alpha: float = 0.0,
+    label_map: LabelMap | None = None,
+    rng: np.random.Generator | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Train for one epoch; returns loss/accuracy summed over all ranks, the last LR and the time."""
+    model.train()
+    sums = np.zeros(3)  # loss * n, correct (lam-weighted under mixup), n
+    start = time.perf_counter()
+    for step, batch in enumerate(loader):
+        if batch.images.shape[0] == 0:  # every image of the batch was skipped as undecodable
+            scheduler.step()  # the schedule counts loader steps (per epoch: step // len(loader)): keep in step
+            continue
+        images = _prepare(batch.images, device, channels_last)
+        labels = batch.labels if label_map is None else label_map(batch.indices, batch.labels)
+        labels = labels.to(device, non_blocking=True)
+        targets, lam = (labels, labels), 1.0
+        if mixup_alpha > 0:
+            images, *targets, lam = mixup(images, labels, mixup_alpha, rng or np.random.default_rng())
+        with torch.autocast(device.type, enabled=amp):
+            logits = model(images)
+        loss = lam * loss_fn(logits, targets[0]) + (1.0 - lam) * loss_fn(logits, targets[1])
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped "
+                "(lower the learning rate, check the data, or turn AMP off)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        with torch.no_grad():
+            predicted = logits.argmax(1)
+            hits = lam * (predicted == targets[0]).sum() + (1 - lam) * (predicted == targets[1]).sum()
+        n = labels.shape[0]
+        sums += (loss.item() * n, hits.item(), n)
+    loss_sum, correct, seen = all_reduce_sum(sums)
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": 100.0 * correct / max(seen, 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_images": int(seen),
+        "train_seconds": time.perf_counter() - start,
+    }
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: BatchLoader,
+    device: torch.device,
+    num_classes: int,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> MetricSums:
+    """This rank's metric sums over its shard (all-reduce them for global metrics).
+
+    Pass the model unwrapped from DDP: exact evaluation shards may differ by one batch between ranks, and DDP's
+    forward would wait for the other ranks (buffer broadcast).
+    """
+    model.eval()
+    sums = MetricSums.zeros(num_classes)
+    for batch in loader:
+        if batch.images.shape[0] == 0:
+            continue
+        with torch.autocast(device.type, enabled=amp):
+            logits = model(_prepare(batch.images, device, channels_last))
+        sums.update(logits, batch.labels)
+    return sums
+
+
+@torch.inference_mode()
+def collect_logits(
+    model: nn.Module,
+    loader: BatchLoader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's (n, C) float32 logits, (n,) int64 labels and (n,) int64 dataset indices on the CPU (pass the
+    model unwrapped from DDP)."""
+    model.eval()
+    logits, labels, indices = [], [], []
+    for batch in loader:
+        if batch.images.shape[0] == 0:
+            continue
+        with torch.autocast(device.type, enabled=amp):
+            logits.append(model(_prepare(batch.images, device, channels_last)).float().cpu())
+        labels.append(batch.labels)
+        indices.append(batch.indices)
+    if not logits:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return torch.zeros(0, 0), empty, empty
+    return torch.cat(logits), torch.cat(labels), torch.cat(indices)

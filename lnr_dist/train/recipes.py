@@ -1,0 +1,87 @@
+"""What differs between stage 1 and stage 2 is a recipe handed to the one trainer: the model and which of its
+parameters train at which learning rate, the loss, the sampler, a per-batch label map and mixup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.manifest import Manifest
+from ..experiment import ExperimentConfig, Stage2Config, TrainConfig
+from ..models.checkpoint import load_model
+from ..models.losses import CrossEntropy, LabelAwareSmoothing, smoothing_per_class
+from ..models.network import Network, build_model
+from ..stage2.flip_sources import stage2_flips
+from .engine import LabelMap
+
+
+@dataclass
+class Recipe:
+    model: Network
+    param_groups: list[dict[str, Any]]
+    loss: nn.Module
+    train: TrainConfig
+    balanced_sampling: bool = False
+    label_map: LabelMap | None = None
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stage1_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
+    """Stage 1: the whole network, cross-entropy (with mixup when stage1.mixup_alpha > 0), instance sampling."""
+    model = build_model(cfg.model, manifest.num_classes)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return Recipe(model, [{"params": params, "lr": cfg.stage1.lr}], CrossEntropy(), cfg.stage1)
+
+
+def head_param_groups(
+    s2: Stage2Config, classifier: nn.Module, scaling: nn.Module | None
+) -> list[dict[str, Any]]:
+    """Stage 2's optimizer groups: the classifier at lr_factor * lr, the weight scaling (LWS) at lr."""
+    groups = [{"params": list(classifier.parameters()), "lr": s2.lr * s2.lr_factor}]
+    if scaling is not None:
+        groups.append({"params": list(scaling.parameters()), "lr": s2.lr})
+    return groups
+
+
+def stage2_loss(s2: Stage2Config, manifest: Manifest) -> LabelAwareSmoothing:
+    """Label-aware smoothing from smooth_tail (rarest class) to smooth_head (largest) along smooth_profile."""
+    return LabelAwareSmoothing(
+        smoothing_per_class(manifest.class_counts, s2.smooth_head, s2.smooth_tail, s2.smooth_profile)
+    )
+
+
+def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
+    """Stage 2: the stage-1 network with frozen features (+ optional BN shift), classifier + LWS retrained with
+    label-aware smoothing on class-balanced batches, labels replaced through the method's flip table."""
+    s2 = cfg.stage2
+    path = Path(s2.checkpoint) if s2.checkpoint else cfg.stage_dir("stage1") / "checkpoints" / "best.pt"
+    model = load_model(cfg.model, manifest.num_classes, path, "stage2.checkpoint")
+    model.freeze_features(shift_bn=s2.shift_bn)
+    if s2.lws:
+        model.enable_weight_scaling()
+    groups = head_param_groups(s2, model.classifier, model.scaling if s2.lws else None)
+    table, report = stage2_flips(cfg, train_labels)
+    label_map = None
+    if table is not None:
+
+        def label_map(indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(table.apply(indices.numpy(), labels.numpy()))
+
+    return Recipe(
+        model, groups, stage2_loss(s2, manifest), s2, s2.balanced_sampling, label_map,
+        {"results_extra": {"flips": report, "stage1_checkpoint": str(path)}},
+    )  # fmt: skip
+
+
+RECIPES = {"stage1": stage1_recipe, "stage2": stage2_recipe}
+
+
+def build_recipe(cfg: ExperimentConfig, stage: str, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
+    if stage not in RECIPES:
+        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(RECIPES)}")
+    return RECIPES[stage](cfg, manifest, train_labels)

@@ -1,0 +1,1 @@
+"""Floor 8: the threshold sweep on Ray Tune."""

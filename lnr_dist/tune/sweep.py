@@ -1,0 +1,257 @@
+"""The Ray Tune threshold sweep: flips re-derived per trial from the inference job's saved predictions or sparse
+candidates (no inference per trial), stage 2 per trial, selection on validation, one test evaluation.
+
+With a frozen backbone and no BN shift (the default), trials train the classifier head on stage-1 features
+computed once (`features/cache.py`), a fraction of a second per trial on the mini set. Otherwise each trial is a
+function trainable that builds a TorchTrainer for stage 2 (Ray Train V2's pattern: Tune drives a function that
+builds the trainer; `TuneReportCallback` forwards the workers' reports). Trials take `tune.cpus_per_trial` /
+`tune.gpus_per_trial`: fractional CPUs on a laptop, one GPU per trial on a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from ..core import config as config_lib
+from ..core import storage
+from ..core.errors import RunFailed, UserError
+from ..core.plots import save_figure
+from ..data.splits import load_train_split
+from ..experiment import ExperimentConfig
+from ..features.cache import cached_features, head_inputs, stage1_checkpoint
+from ..features.heads import evaluate_head, train_head
+from ..runtime.raycluster import ensure_ray, groups_that_fit
+from ..stage2.flip_sources import FlipSource
+from ..train.trainer import fit
+
+log = logging.getLogger(__name__)
+SWEEP_FIELDS = ("threshold", "status", "epochs_run", "num_flips", "best_epoch", "val_balanced_acc", "val_top1",
+                "val_many", "val_medium", "val_few", "val_ece", "val_nll")  # fmt: skip
+METRIC_FIELDS = SWEEP_FIELDS[5:]
+# a searched (not gridded) threshold this close to an end of the range counts as at the edge
+EDGE_SHARE = 0.05
+
+
+def uses_cached_features(cfg: ExperimentConfig) -> bool:
+    return cfg.tune.cached_features == "auto" and not cfg.stage2.shift_bn
+
+
+def head_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable on cached features: one threshold, reports validation metrics every epoch."""
+    cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
+    threshold = float(config["threshold"])
+    table, _ = FlipSource(cfg).at(threshold)
+    inputs = head_inputs(cfg, extract=False)
+    objective = cfg.tune.objective
+    best = {"value": -np.inf}
+
+    def report(epoch: int, metrics: dict[str, Any]) -> None:
+        best["value"] = max(best["value"], metrics[objective])
+        tune.report({"threshold": threshold, "num_flips": len(table), "epoch": epoch, "objective": metrics[objective],
+                     "best_objective": best["value"], **storage.finite({f"val_{k}": v for k, v in metrics.items()})})  # fmt: skip
+
+    torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
+    train_head(cfg.stage2, _epochs(cfg), inputs.manifest, inputs.features, inputs.labels, inputs.classifier,
+               table, cfg.seed, objective, report)  # fmt: skip
+
+
+def trainer_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable that runs stage 2 on Ray Train for one threshold (uncached backbone)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
+    threshold = float(config["threshold"])
+    stage2 = replace(cfg.stage2, threshold=threshold, evaluate_test=False, epochs=_epochs(cfg),
+                     checkpoint=str(stage1_checkpoint(cfg)))  # fmt: skip
+    out = Path(cfg.run_dir) / "tune" / f"trial_t{threshold:g}"
+    # a trial always runs its whole schedule from the start: a folder an earlier (interrupted) sweep left would be
+    # resumed and report only its remaining epochs, which the sweep would take for an early stop
+    shutil.rmtree(out, ignore_errors=True)
+    fit(replace(cfg, stage2=stage2), "stage2", out=out, callbacks=[TuneReportCallback()])
+
+
+def _epochs(cfg: ExperimentConfig) -> int:
+    return cfg.tune.epochs or cfg.stage2.epochs
+
+
+def _space(cfg: ExperimentConfig) -> tuple[Any, int, Any]:
+    t = cfg.tune
+    if t.scheduler == "grid":
+        return tune.grid_search([float(v) for v in t.thresholds]), 1, None
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration", max_t=_epochs(cfg), grace_period=min(t.grace_period, _epochs(cfg)),
+        reduction_factor=t.reduction_factor,
+    )  # fmt: skip
+    return tune.uniform(t.search_min, t.search_max), t.num_samples, scheduler
+
+
+def _trial_resources(cfg: ExperimentConfig, cached: bool) -> tuple[dict[str, float], int | None]:
+    """Resources of one trial and how many trials may run at once.
+
+    A cached-feature trial computes in its own process: it takes tune.cpus_per_trial / gpus_per_trial. A trial
+    that runs Ray Train only drives the trainer: it takes next to nothing itself, its workers take ray.num_workers x
+    (ray.cpus_per_worker, one GPU each with GPUs), and trials are limited to what the cluster can hold at once,
+    so that no trial waits forever for its workers.
+    """
+    if cached:
+        return {
+            "cpu": cfg.tune.cpus_per_trial,
+            "gpu": cfg.tune.gpus_per_trial,
+        }, cfg.tune.max_concurrent or None
+    fits = groups_that_fit(cfg.ray, "a stage-2 sweep trial")
+    return {"cpu": 0.01}, min(fits, cfg.tune.max_concurrent or fits)  # Tune needs a non-empty request
+
+
+def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Sweep, pick on validation, evaluate the chosen threshold once on test, write the sweep's outputs."""
+    cfg = cfg.with_absolute_paths()
+    if cfg.stage2.method != "lnr":
+        raise UserError(f"the threshold sweep tunes LNR flips; stage2.method is {cfg.stage2.method!r}")
+    load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)  # refuses empty classes
+    source = FlipSource(cfg)  # fails early without the inference job's outputs
+    space, num_samples, scheduler = _space(cfg)
+    lowest = min(cfg.tune.thresholds) if cfg.tune.scheduler == "grid" else cfg.tune.search_min
+    if lowest < source.lowest_threshold():
+        raise UserError(f"threshold {lowest} is below what the saved inference outputs allow "
+                        f"({source.lowest_threshold()}); save predictions or lower infer.candidates_t_min")  # fmt: skip
+    out = Path(cfg.run_dir) / "tune"
+    config_lib.save_resolved(cfg, out)
+    cached = uses_cached_features(cfg)
+    if cached:
+        cached_features(cfg)
+    ensure_ray(cfg.ray)
+    resources, concurrent = _trial_resources(cfg, cached)
+    tuner = tune.Tuner(
+        tune.with_resources(head_trial if cached else trainer_trial, resources),
+        param_space={"experiment": config_lib.to_dict(cfg), "threshold": space},
+        tune_config=tune.TuneConfig(metric="objective" if cached else f"val_{cfg.tune.objective}", mode="max", num_samples=num_samples, scheduler=scheduler,
+                                    max_concurrent_trials=concurrent, reuse_actors=cached),
+        run_config=tune.RunConfig(name="tune", storage_path=str(Path(cfg.run_dir) / "ray"), verbose=0),
+    )  # fmt: skip
+    grid = tuner.fit()
+    if grid.errors:
+        # Tune hands back each trial's exception wrapped (a RayTaskError with the original as cause)
+        causes = [getattr(error, "cause", None) or error for error in grid.errors]
+        user = next((c for c in causes if isinstance(c, UserError)), None)
+        if user is not None:
+            raise UserError(str(user)) from None
+        raise RunFailed(f"{len(causes)} sweep trial(s) failed, first: {str(causes[0]).strip().splitlines()[-1]}; "
+                        f"tracebacks under {Path(cfg.run_dir) / 'ray' / 'tune'}")  # fmt: skip
+    rows = [_trial_row(result, _epochs(cfg), cfg.tune.objective) for result in grid]
+    rows.sort(key=lambda r: r["threshold"])
+    chosen = choose(rows, cfg.tune.objective)
+    edge = edge_warning(cfg, chosen["threshold"])
+    if edge:
+        log.warning("tune: chosen threshold %g: %s", chosen["threshold"], edge)
+    final = _evaluate_chosen(cfg, chosen["threshold"], cached)
+    report = {"threshold": chosen["threshold"], "objective": f"val_{cfg.tune.objective}", "chosen": chosen,
+              "edge_warning": edge, "searched": searched_range(cfg), "cached_features": cached, **final}  # fmt: skip
+    _write_outputs(out, rows, report)
+    storage.write_json(out / "chosen_threshold.json", report)
+    return report
+
+
+def _trial_row(result: Any, epochs: int, objective: str) -> dict[str, Any]:
+    """One trial's line of the sweep: its best validation epoch, and whether it ran all `epochs` (ASHA may have
+    stopped it: `stopped at epoch k`)."""
+    history = result.metrics_dataframe
+    if history is None or history.empty:
+        raise RunFailed(f"sweep trial at threshold {result.config['threshold']:g} reported no epoch; its log is "
+                        f"under {result.path}")  # fmt: skip
+    key = "objective" if "objective" in history else f"val_{objective}"
+    best = history.loc[history[key].idxmax()]
+    ran = int(history["training_iteration"].max())
+    return {"threshold": float(result.config["threshold"]), "epochs_run": ran,
+            "status": "completed" if ran >= epochs else f"stopped at epoch {ran}",
+            "num_flips": int(best.get("num_flips", 0)), "best_epoch": int(best.get("epoch", 0)),
+            **{f: float(best.get(f, np.nan)) for f in METRIC_FIELDS}}  # fmt: skip
+
+
+def choose(rows: list[dict[str, Any]], objective: str) -> dict[str, Any]:
+    """The completed trial with the best validation `objective` (ties: fewer flips). Early-stopped trials are
+    listed in the sweep but never chosen: their best epoch comes from a shorter schedule."""
+    completed = [r for r in rows if r["status"] == "completed"]
+    if not completed:
+        raise UserError("no sweep trial ran its whole schedule (ASHA stopped every one): raise tune.num_samples "
+                        "or tune.grace_period, or lower tune.reduction_factor")  # fmt: skip
+    return max(completed, key=lambda r: (r[f"val_{objective}"], -r["num_flips"]))
+
+
+def searched_range(cfg: ExperimentConfig) -> list[float]:
+    t = cfg.tune
+    return [min(t.thresholds), max(t.thresholds)] if t.scheduler == "grid" else [t.search_min, t.search_max]
+
+
+def edge_warning(cfg: ExperimentConfig, threshold: float) -> str | None:
+    """A message when `threshold` sits at an end of the searched range: the grid's lowest or highest value, or
+    for a search within EDGE_SHARE of the range's ends. The best threshold may then lie outside the range."""
+    low, high = searched_range(cfg)
+    margin = 0.0 if cfg.tune.scheduler == "grid" else EDGE_SHARE * (high - low)
+    keys = "tune.thresholds" if cfg.tune.scheduler == "grid" else "tune.search_min / tune.search_max"
+    if threshold <= low + margin:
+        return f"at the low edge of the searched range [{low:g}, {high:g}]: widen {keys}"
+    if threshold >= high - margin:
+        return f"at the high edge of the searched range [{low:g}, {high:g}]: widen {keys}"
+    return None
+
+
+def _evaluate_chosen(cfg: ExperimentConfig, threshold: float, cached: bool) -> dict[str, Any]:
+    """The chosen threshold's model on test, once (the sweep itself never looks at test)."""
+    if not cached:
+        stage2 = replace(
+            cfg.stage2, threshold=threshold, epochs=_epochs(cfg), checkpoint=str(stage1_checkpoint(cfg))
+        )
+        out = Path(cfg.run_dir) / "tune" / "chosen"
+        shutil.rmtree(out, ignore_errors=True)  # an earlier sweep may have chosen another threshold
+        results = fit(replace(cfg, stage2=stage2), "stage2", out=out)
+        return {k: results[k] for k in ("test", "test_calibrated", "temperature")}
+    table, _ = FlipSource(cfg).at(threshold)
+    inputs = head_inputs(cfg)
+    result = train_head(cfg.stage2, _epochs(cfg), inputs.manifest, inputs.features, inputs.labels,
+                        inputs.classifier, table, cfg.seed, cfg.tune.objective)  # fmt: skip
+    return evaluate_head(result.head, inputs.features, inputs.labels, inputs.manifest)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.2f}"
+
+
+def _write_outputs(out: Path, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
+    storage.write_csv(out / "sweep.csv", rows, SWEEP_FIELDS)
+    lines = [
+        "| threshold | trial | flips | val balanced | val top-1 | val few | val ECE |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mark = " **(chosen)**" if r["threshold"] == report["threshold"] else ""
+        lines.append(f"| {r['threshold']:g}{mark} | {r['status']} | {r['num_flips']} | {_pct(r['val_balanced_acc'])} | "
+                     f"{_pct(r['val_top1'])} | {_pct(r['val_few'])} | {_pct(r['val_ece'])} |")  # fmt: skip
+    test = report["test"]
+    stopped = sum(r["status"] != "completed" for r in rows)
+    lines += ["", f"Chosen on {report['objective']} among the {len(rows) - stopped} completed trials"
+              + (f" ({stopped} stopped early by ASHA are listed, not chosen)" if stopped else "")
+              + f": threshold {report['threshold']:g}. Test (evaluated once): top-1 {_pct(test['top1'])}, "
+              f"few {_pct(test['few'])}, ECE {_pct(test['ece'])} ({_pct(report['test_calibrated']['ece'])} after "
+              "temperature scaling)."]  # fmt: skip
+    if report["edge_warning"]:
+        lines += ["", f"**Warning: the chosen threshold is {report['edge_warning']}.**"]
+    storage.write_text(out / "sweep.md", "\n".join(lines) + "\n")
+    x = [r["threshold"] for r in rows]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
+    for axis, (key, label) in zip(axes, (("val_balanced_acc", "val balanced acc (%)"), ("val_few", "val few (%)"),
+                                         ("val_ece", "val ECE (%)"), ("num_flips", "flips")), strict=True):  # fmt: skip
+        axis.plot(x, [r[key] for r in rows], marker="o")
+        axis.axvline(report["threshold"], color="gray", linestyle="--")
+        axis.set(xlabel="threshold", ylabel=label)
+        axis.grid(alpha=0.3)
+    save_figure(fig, out / "sweep.png")
