@@ -45,12 +45,12 @@ def cached_features(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
     """The features of the three splits, extracted first if missing or made from another checkpoint."""
     cfg = cfg.with_absolute_paths()
     folder, checkpoint = features_dir(cfg), stage1_checkpoint(cfg)
-    load_model(
-        cfg.model, cfg.data.num_classes, checkpoint, "stage2.checkpoint"
-    )  # missing or damaged: one line
-    sha = storage.sha256_file(checkpoint)
+    sha = storage.sha256_file(checkpoint) if checkpoint.is_file() else None
     meta = folder / "meta.json"
-    if not meta.is_file() or json.loads(meta.read_text()).get("checkpoint_sha256") != sha:
+    if sha is None or not meta.is_file() or json.loads(meta.read_text()).get("checkpoint_sha256") != sha:
+        # a missing or damaged checkpoint is one line here, before any worker starts (an unchanged one, whose
+        # sha256 the cache recorded, loaded before)
+        load_model(cfg.model, cfg.data.num_classes, checkpoint, "stage2.checkpoint")
         run_workers(
             extract_worker,
             {"config": config_lib.to_dict(cfg)},

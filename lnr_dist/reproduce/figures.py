@@ -120,8 +120,7 @@ def reliability(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
 def _reliability_bins(sums: MetricSums) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     total = sums.bin_count.sum()
     accuracy = sums.bin_correct / np.maximum(sums.bin_count, 1)
-    ece = float(np.abs(sums.bin_correct - sums.bin_confidence).sum() / total * 100)
-    return (np.arange(BINS) + 0.5) / BINS, accuracy, sums.bin_count / total, ece
+    return (np.arange(BINS) + 0.5) / BINS, accuracy, sums.bin_count / total, sums.ece()
 
 
 def _logits_and_labels(file: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -65,6 +65,10 @@ class MetricSums:
         self.bin_confidence += torch.bincount(bins, weights=confidence, minlength=ECE_BINS).numpy()
         self.bin_correct += torch.bincount(bins, weights=hit, minlength=ECE_BINS).numpy()
 
+    def ece(self) -> float:
+        """Expected calibration error in % (15 equal-width confidence bins, weighted by their samples)."""
+        return 100.0 * float(np.sum(np.abs(self.bin_correct - self.bin_confidence)) / self.bin_count.sum())
+
     def to_array(self) -> np.ndarray:
         return np.concatenate(
             [self.correct, self.count, [self.nll], self.bin_count, self.bin_confidence, self.bin_correct]
@@ -104,7 +108,7 @@ def compute_metrics(sums: MetricSums, manifest: Manifest) -> dict[str, Any]:
         "top1": 100.0 * sums.correct.sum() / total,
         "balanced_acc": 100.0 * float(np.nanmean(per_class)),
         "nll": sums.nll / total,
-        "ece": 100.0 * float(np.sum(np.abs(sums.bin_correct - sums.bin_confidence)) / total),
+        "ece": sums.ece(),
         "num_samples": int(total),
     }
     for name in GROUPS:
