@@ -152,17 +152,21 @@ def _run_stage(args: argparse.Namespace, stage: str) -> int:
     results = _run_job(stage, cfg)
     if results is None:
         return 0
+    if "not_applicable" in results:
+        print(f"{stage}: method {results['method']} does not apply here: {results['not_applicable']}")
+        return 0
     test, calibrated = results["test"], results["test_calibrated"]
     flips = results.get("flips")
+    chosen_by = results.get("select_metric", cfg.tune.objective)  # a head on cached features picks on tune's
     print(
-        f"{stage} done: best epoch {results['best_epoch']} (by validation {results['select_metric']}); test top-1 "
+        f"{stage} done: best epoch {results['best_epoch']} (by validation {chosen_by}); test top-1 "
         f"{test['top1']:.2f}, many {test['many']:.2f}, medium {test['medium']:.2f}, few {test['few']:.2f}, "
         f"ECE {test['ece']:.2f} -> {calibrated['ece']:.2f} and NLL {test['nll']:.3f} -> {calibrated['nll']:.3f} "
         f"after temperature scaling (T = {results['temperature']:.3f}, fitted on validation)"
     )
     if flips:
         print(f"method {flips['method']}: {flips['num_flips']} flips (threshold {flips['threshold']})")
-    print(f"run folder: {cfg.with_absolute_paths().stage_dir(stage)}")
+    print(f"run folder: {cfg.with_absolute_paths().layout.stage(stage)}")
     return 0
 
 
@@ -179,10 +183,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     report = _run_job("tune", cfg)
     if report is None:
         return 0
-    out = Path(cfg.with_absolute_paths().run_dir) / "tune"
-    print((out / "sweep.md").read_text())
-    print(f"chosen threshold {report['threshold']:g} written to {out / 'chosen_threshold.json'} "
-          "(use it with `lnr-dist stage2 ... stage2.threshold=tuned`)")  # fmt: skip
+    layout = cfg.with_absolute_paths().layout
+    print((layout.tune / "sweep.md").read_text())
+    print(f"chosen threshold {report['threshold']:g} written to {layout.chosen_threshold} "
+          "(use it with `lnr-dist stage2 ... stage2.threshold.policy=tuned`)")  # fmt: skip
     return 0
 
 
@@ -203,7 +207,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     )
     if "note" in summary:
         print(f"note: {summary['note']}")
-    print(f"written: {Path(cfg.with_absolute_paths().run_dir) / 'infer'}")
+    print(f"written: {cfg.with_absolute_paths().layout.infer}")
     return 0
 
 
@@ -318,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="every method over seeds: tables and figures")
     reproduce.add_argument(
-        "--methods", help="comma-separated, default all: ce,mixup,mislas,lnr,random,smote,adasyn"
+        "--methods",
+        help="comma-separated names of the stage-2 method registry (default: all registered; "
+        "built in: ce,mixup,mislas,lnr,random,smote,adasyn)",
     )
     reproduce.add_argument("--seeds", type=int, help="number of seeds (experiment seed, +1, ...)")
     reproduce.add_argument("--cluster", choices=("local", "slurm"), default="local",

@@ -2,7 +2,7 @@
 defaults of configs/mini.yaml, on a local Ray cluster; the mini set is built first when missing.
 
 To stay within a few minutes on a 2-core laptop, the demo trains the stage-2 heads of mislas / lnr / random on
-cached stage-1 features (`reproduce.stage2_on=features`, the sweep's trial recipe); `lnr-dist reproduce --config
+cached stage-1 features (`stage2.backend=features`, the sweep's trial recipe); `lnr-dist reproduce --config
 configs/mini.yaml` runs them as the stage-2 job on images (Ray Train)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def demo_config(out: Path, overrides: list[str] | None = None) -> ExperimentConf
     data = out / "mini-data"
     paths = [f"data.root={data}", f"data.train_split={data}/Mini_LT_train.txt",
              f"data.val_split={data}/Mini_LT_val.txt", f"data.test_split={data}/Mini_LT_test.txt",
-             f"run_dir={out / 'run'}", "reproduce.stage2_on=features"]  # fmt: skip
+             f"run_dir={out / 'run'}", "stage2.backend=features"]  # fmt: skip
     return load_config(ExperimentConfig, MINI_CONFIG, [*paths, *(overrides or [])])
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from .core.errors import UserError
+from .core.layout import RunLayout
 from .data.config import DataConfig
 from .models.network import ModelConfig
 
@@ -77,35 +78,79 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ThresholdPolicy:
+    """`stage2.threshold:` — where the LNR threshold of a stage-2 run comes from (methods that flip labels at a
+    threshold; a method without one ignores it).
+
+    policy infer: the inference job's own flips (infer/flips.npz, made at infer.threshold); fixed: flips
+    re-derived at `value` from the saved predictions or candidates (no new inference); tuned: the threshold
+    `lnr-dist tune` chose on validation (tune/chosen_threshold.json). Nothing changes this behind the user's back:
+    a sweep trial runs at an explicit fixed policy, and `reproduce` runs each method at the policy the method
+    declares in the registry (lnr_dist.stage2.registry), written in the method's config.yaml.
+    """
+
+    SCALAR_HINT: ClassVar[str] = (
+        "set stage2.threshold.policy=tuned (the sweep's choice), stage2.threshold.policy=infer (the inference "
+        "job's flips), or stage2.threshold.policy=fixed with stage2.threshold.value=<t>"
+    )
+
+    policy: Literal["infer", "fixed", "tuned"] = "infer"
+    value: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.policy == "fixed") != (self.value is not None):
+            raise ValueError(
+                "threshold.value goes with threshold.policy: fixed (and only with it); "
+                f"got policy {self.policy!r}, value {self.value!r}"
+            )
+
+    @classmethod
+    def fixed(cls, value: float) -> ThresholdPolicy:
+        return cls("fixed", float(value))
+
+
+@dataclass(frozen=True)
 class Stage2Config(TrainConfig):
-    """`stage2:` — MiSLAS classifier re-training on LNR-flipped labels, on the same trainer.
+    """`stage2:` — classifier re-training on the same trainer, by default MiSLAS's recipe on LNR-flipped labels.
 
     The backbone is frozen (features under no_grad); with `shift_bn` its BatchNorm statistics are re-estimated
     on the class-balanced stream (MiSLAS's shift learning). The classifier trains at lr_factor * lr, the
     learnable weight scaling (LWS) at lr. Label-aware smoothing runs from `smooth_tail` (rarest class) to
-    `smooth_head` (largest) along `smooth_profile`. method: mislas (no flips), lnr (the flip table), random (as
-    many flips as lnr, drawn at random from larger to smaller classes). threshold: null = the inference job's
-    flips.npz; a number = flips re-derived at it from the saved predictions or candidates; tuned = the threshold
-    `lnr-dist tune` chose.
+    `smooth_head` (largest) along `smooth_profile`.
+
+    `method` names an entry of the stage-2 method registry (lnr_dist.stage2.registry: its labels, threshold
+    policy, loss, sampler and backends); `plugins` are modules imported first (by the driver and every Ray
+    worker), which may register more methods. `threshold`: see ThresholdPolicy. `backend`: images trains on
+    images on Ray Train (the stage-2 job); features trains the same head recipe on cached stage-1 features
+    in-process (features of un-augmented images; no BN shift); auto = cached features for the sweep's trials
+    when the recipe allows it (no shift_bn) and images for a method's own run. A method that supports one
+    backend only runs on it.
     """
 
     epochs: int = 10
     lr: float = 0.1
     lr_factor: float = 1.0
-    method: Literal["mislas", "lnr", "random"] = "lnr"
+    method: str = "lnr"
+    plugins: tuple[str, ...] = ()
+    backend: Literal["auto", "images", "features"] = "auto"
     smooth_head: float = 0.3
     smooth_tail: float = 0.0
     smooth_profile: Literal["concave", "linear", "convex"] = "concave"
     shift_bn: bool = False
     lws: bool = True
     balanced_sampling: bool = True
-    threshold: float | Literal["tuned"] | None = None
+    threshold: ThresholdPolicy = field(default_factory=ThresholdPolicy)
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (0 <= self.smooth_tail <= 1 and 0 <= self.smooth_head <= 1) or self.lr_factor <= 0:
             raise ValueError("smoothing must lie in [0, 1] and lr_factor must be > 0")
+        if self.backend == "features" and self.shift_bn:
+            raise ValueError(
+                "backend features trains on features computed once, so it cannot shift BN: set shift_bn false "
+                "or backend images (or auto)"
+            )
 
 
 @dataclass(frozen=True)
@@ -115,9 +160,11 @@ class TuneConfig:
     after `grace_period` epochs, then at rungs `reduction_factor` times apart, only the top 1/reduction_factor
     continue). Only trials that ran the whole schedule can be chosen (an early-stopped trial's best epoch is not
     comparable with a finished one's); they pick on the validation `objective`, and only the chosen threshold's
-    model sees the test split. A choice at the end of the searched range is flagged (the best may lie beyond). With cached features (the
-    default whenever the backbone is frozen and stage2.shift_bn is off) a trial trains the classifier head on
-    features computed once; otherwise each trial runs stage 2 on Ray Train."""
+    model sees the test split. A choice at the end of the searched range is flagged (the best may lie beyond).
+    stage2.backend decides where trials train: on cached features (a classifier head on features computed once;
+    auto's choice when stage2.shift_bn is off) or as stage 2 on Ray Train."""
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"cached_features": "stage2.backend (auto | images | features)"}
 
     scheduler: Literal["grid", "asha"] = "grid"
     thresholds: tuple[float, ...] = (1.0, 2.0, 3.0)
@@ -128,7 +175,6 @@ class TuneConfig:
     reduction_factor: int = 2
     objective: Literal["balanced_acc", "top1", "few"] = "balanced_acc"
     epochs: int | None = None
-    cached_features: Literal["auto", "never"] = "auto"
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0
@@ -217,9 +263,6 @@ class InferConfig:
             )
 
 
-METHOD_NAMES = ("ce", "mixup", "mislas", "lnr", "random", "smote", "adasyn")
-
-
 @dataclass(frozen=True)
 class BinaryConfig:
     """`reproduce.binary:` — the binary long-tailed task built from the mini set's images (8x8 grey pixels):
@@ -244,16 +287,18 @@ class BinaryConfig:
 
 @dataclass(frozen=True)
 class ReproduceConfig:
-    """`reproduce:` — what `lnr-dist reproduce` runs: `methods` (ce, mixup: stage 1 only; mislas, lnr, random:
-    stage 2 on the mixup backbone; smote, adasyn: oversampling of cached stage-1 features, head re-trained)
-    over `seeds` seeds (experiment seed, +1, ...). `published`: which paper numbers to print beside the table
-    (cifar10_lt, cifar100_lt, imagenet_lt, places_lt; null = none). stage2_on: `trainer` runs stage 2 of mislas,
-    lnr and random as the stage-2 job (images, Ray Train); `features` trains the same head recipe on cached
-    stage-1 features in-process (the sweep's trial recipe: much faster, features of un-augmented images).
-    Every other method is compared with each of `baselines` that ran (comparisons.csv: delta with a 95%
-    interval from `bootstrap` paired, stratified resamples of the test images and the seeds; 0 = no interval)."""
+    """`reproduce:` — what `lnr-dist reproduce` runs: `methods`, names in the stage-2 method registry
+    (lnr_dist.stage2.registry; empty = every registered method, the built-in ones being ce, mixup: stage 1 only;
+    mislas, lnr, random: stage 2 on the mixup backbone; smote, adasyn: oversampling of cached stage-1 features,
+    head re-trained) over `seeds` seeds (experiment seed, +1, ...). `published`: which paper numbers to print
+    beside the table (cifar10_lt, cifar100_lt, imagenet_lt, places_lt; null = none). Where stage 2 trains is
+    stage2.backend. Every other method is compared with each of `baselines` that ran (comparisons.csv: delta
+    with a 95% interval from `bootstrap` paired, stratified resamples of the test images and the seeds; 0 = no
+    interval)."""
 
-    methods: tuple[str, ...] = METHOD_NAMES
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"stage2_on": "stage2.backend (trainer is now images)"}
+
+    methods: tuple[str, ...] = ()
     seeds: int = 1
     baselines: tuple[str, ...] = ("mislas", "random", "ce")
     bootstrap: int = 1000
@@ -264,8 +309,6 @@ class ReproduceConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ValueError(f"reproduce.seeds must be >= 1, got {self.seeds}")
-        if not self.methods:
-            raise ValueError("reproduce.methods must name at least one method")
         if self.bootstrap < 0:
             raise ValueError(f"reproduce.bootstrap must be >= 0 (0 = no intervals), got {self.bootstrap}")
 
@@ -326,5 +369,7 @@ class ExperimentConfig:
             self, data=data, model=model, infer=infer, stage2=stage2, run_dir=absolute(self.run_dir)
         )
 
-    def stage_dir(self, stage: str) -> Path:
-        return Path(self.run_dir) / stage
+    @property
+    def layout(self) -> RunLayout:
+        """Every path of this run folder (lnr_dist.core.layout)."""
+        return RunLayout(Path(self.run_dir))

@@ -41,6 +41,19 @@ def _stage1(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
 
 
 def _stage2(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
+    """Stage 2 of the registered cfg.stage2.method on its backend: images (Ray Train) or cached features."""
+    from .core.errors import UserError
+    from .stage2.registry import method_of
+
+    method = method_of(cfg)
+    if not method.retrain:
+        raise UserError(f"stage2.method {method.name!r} has no stage 2 (its result is its stage-1 model): "
+                        "run `lnr-dist stage1`, or pick a stage-2 method")  # fmt: skip
+    if method.backend(cfg.stage2) == "features":
+        from .features.backend import run_on_features
+
+        folder = Path(out) if out is not None else cfg.with_absolute_paths().layout.stage("stage2")
+        return run_on_features(cfg, folder)
     from .train.trainer import fit
 
     return fit(cfg, "stage2", out=None if out is None else Path(out))
@@ -59,10 +72,10 @@ def _tune(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
 
 
 def _features(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    from .features.cache import cached_features, features_dir
+    from .features.cache import cached_features
 
     shapes = {name: list(array.shape) for name, array in cached_features(cfg).items()}
-    return {"folder": str(features_dir(cfg.with_absolute_paths())), "shapes": shapes}
+    return {"folder": str(cfg.with_absolute_paths().layout.features), "shapes": shapes}
 
 
 JOBS: dict[str, Job] = {
@@ -89,8 +102,10 @@ JOBS: dict[str, Job] = {
         Job(
             "stage2",
             _stage2,
-            "the stage-1 checkpoint (stage2.checkpoint); infer/ for LNR flips, tune/chosen_threshold.json if 'tuned'",
-            "stage2/ or `out` (checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz)",
+            "the stage-1 checkpoint (stage2.checkpoint); infer/ for flips, tune/chosen_threshold.json for policy "
+            "tuned; features/ on the features backend",
+            "stage2/ or `out` (results.json, test_logits.npz, config.yaml; on images also checkpoints/{last,best}.pt "
+            "and metrics.csv)",
         ),
         Job(
             "features",

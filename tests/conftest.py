@@ -89,4 +89,4 @@ def stage1_checkpoint(mini_root, tmp_path_factory, ray_session):
         mini_root, tmp_path_factory.mktemp("stage1"), stage1={"epochs": 3}
     ).with_absolute_paths()
     fit(cfg, "stage1")
-    return cfg.stage_dir("stage1") / "checkpoints" / "best.pt"
+    return cfg.layout.stage("stage1") / "checkpoints" / "best.pt"

@@ -91,7 +91,12 @@ def test_config_carries_the_published_recipe(capsys, name):
     # crashes there), LWS, class-balanced sampling, MiSLAS's LAS
     assert (s2["schedule"], s2["schedule_unit"], s2["warmup_epochs"]) == ("cosine", "epoch", 0)
     assert s2["mixup_alpha"] == 0
-    assert s2["lws"] and s2["balanced_sampling"] and s2["method"] == "lnr" and s2["threshold"] is None
+    assert (
+        s2["lws"]
+        and s2["balanced_sampling"]
+        and s2["method"] == "lnr"
+        and s2["threshold"] == {"policy": "infer", "value": None}
+    )
 
     assert infer["threshold"] == threshold == (7.5 if cfg["data"]["num_classes"] == 10 else 14.5)
     grid = tune["thresholds"]

@@ -121,6 +121,9 @@ def _convert(value: Any, tp: Any, key: str, source: _Source) -> Any:
         raise fail(" or ".join(_type_name(a) for a in args))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
+            hint = getattr(tp, "SCALAR_HINT", None)  # a key that was a scalar once says what replaced it
+            if hint:
+                raise ConfigError(f"{source.where(key)}: key '{key}' is a section now, got {value!r}: {hint}")
             raise fail(f"a section (mapping) for {tp.__name__}")
         return _build(tp, value, f"{key}.", source)
     if origin is Literal:
@@ -161,6 +164,11 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: _Source) 
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    renamed = getattr(cls, "RENAMED_KEYS", {})  # old key -> what replaces it (a refused key says where to go)
+    old = next((name for name in unknown if name in renamed), None)
+    if old is not None:
+        key = f"{prefix}{old}"
+        raise ConfigError(f"{source.where(key)}: key '{key}' was replaced: use {renamed[old]}")
     if unknown:
         key = f"{prefix}{unknown[0]}"
         raise ConfigError(

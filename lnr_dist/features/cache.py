@@ -29,24 +29,17 @@ from ..train.trainer import load_splits
 SPLITS = ("train", "val", "test")
 
 
-def features_dir(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.run_dir) / "features"
-
-
 def stage1_checkpoint(cfg: ExperimentConfig) -> Path:
-    return (
-        Path(cfg.stage2.checkpoint)
-        if cfg.stage2.checkpoint
-        else cfg.stage_dir("stage1") / "checkpoints/best.pt"
-    )
+    """The backbone stage 2 starts from: stage2.checkpoint, else the run's stage-1 best checkpoint."""
+    return cfg.layout.backbone_checkpoint(cfg.stage2.checkpoint)
 
 
 def cached_features(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
     """The features of the three splits, extracted first if missing or made from another checkpoint."""
     cfg = cfg.with_absolute_paths()
-    folder, checkpoint = features_dir(cfg), stage1_checkpoint(cfg)
+    layout, checkpoint = cfg.layout, stage1_checkpoint(cfg)
     sha = storage.sha256_file(checkpoint) if checkpoint.is_file() else None
-    meta = folder / "meta.json"
+    meta = layout.features / "meta.json"
     if sha is None or not meta.is_file() or json.loads(meta.read_text()).get("checkpoint_sha256") != sha:
         # a missing or damaged checkpoint is one line here, before any worker starts (an unchanged one, whose
         # sha256 the cache recorded, loaded before)
@@ -56,11 +49,11 @@ def cached_features(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
             {"config": config_lib.to_dict(cfg)},
             cfg.ray,
             "features",
-            Path(cfg.run_dir) / "ray",
-            folder,
+            layout.ray,
+            layout.features,
         )
         storage.write_json(meta, {"checkpoint": str(checkpoint), "checkpoint_sha256": sha})
-    return {name: np.load(folder / f"{name}.npy") for name in SPLITS}
+    return {name: np.load(layout.feature_file(name)) for name in SPLITS}
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ def head_inputs(cfg: ExperimentConfig, extract: bool = True) -> HeadInputs:
     if extract:
         features = cached_features(cfg)
     else:
-        features = {name: np.load(features_dir(cfg) / f"{name}.npy") for name in SPLITS}
+        features = {name: np.load(cfg.layout.feature_file(name)) for name in SPLITS}
     labels = {name: split.labels for name, split in load_splits(cfg).items()}
     manifest = Manifest.from_labels(labels["train"], cfg.data.num_classes)
     return HeadInputs(features, labels, manifest, load_checkpoint(stage1_checkpoint(cfg))["model"])
@@ -100,4 +93,4 @@ def extract_worker(loop_config: dict[str, Any]) -> None:
         for b in build_loader(cfg.data, split, LoaderSpec.evaluate(batch), ctx):
             rows[b.indices.numpy() - start] = model.features(b.images.to(device)).float().cpu().numpy()
         shape = (len(split), model.feature_dim)
-        write_shared_rows(features_dir(cfg) / f"{name}.npy", shape, np.dtype(np.float32), start, rows, ctx)
+        write_shared_rows(cfg.layout.feature_file(name), shape, np.dtype(np.float32), start, rows, ctx)

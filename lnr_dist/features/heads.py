@@ -1,7 +1,7 @@
-"""Stage 2 on cached features: the classifier head (+ LWS) trained with label-aware smoothing on class-balanced
-batches of precomputed stage-1 features. The threshold sweep uses it when the backbone is frozen and its BN is
-not shifted: the same recipe as stage 2 without touching an image (features of un-augmented images stand in
-for those of augmented ones)."""
+"""Stage 2 on cached features: a method's classifier head (+ LWS) trained with its loss and sampler on
+precomputed stage-1 features, with the stage-2 recipe's optimizer and schedule (train/engine.py). The sweep's
+trials and the `features` backend use it: the same recipe as stage 2 without touching an image (features of
+un-augmented images stand in for those of augmented ones; the backbone and its BN untouched)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from ..data.sampling import balanced_order, instance_order
 from ..experiment import Stage2Config
 from ..lnr import FlipTable
 from ..models.network import LearnableWeightScaling
+from ..stage2.registry import Stage2Method
 from ..train.calibration import fit_temperature, metrics_at
-from ..train.engine import build_lr_scheduler
-from ..train.recipes import head_param_groups, stage2_loss
+from ..train.engine import build_lr_scheduler, build_optimizer
+from ..train.recipes import head_param_groups
 
 
 class Head(nn.Module):
@@ -50,6 +51,7 @@ class HeadResult:
 
 def train_head(
     s2: Stage2Config,
+    method: Stage2Method,
     epochs: int,
     manifest: Manifest,
     features: dict[str, np.ndarray],
@@ -60,25 +62,26 @@ def train_head(
     objective: str,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> HeadResult:
-    """Train on features["train"] with flipped labels; keep the epoch with the best validation `objective`."""
+    """Train `method`'s head (its loss, sampler and LWS choice, the stage-2 recipe's optimizer and schedule) on
+    features["train"] ((N, D) float32) with labels["train"] ((N,) int64) replaced through `flips`; keep the
+    epoch with the best validation `objective` (a metric name of metrics_at)."""
     torch.manual_seed(seed)
     train_labels = labels["train"]
     targets = flips.apply(np.arange(train_labels.size), train_labels) if flips is not None else train_labels
     x, y = torch.from_numpy(features["train"]), torch.from_numpy(targets)
     x_val, y_val = torch.from_numpy(features["val"]), torch.from_numpy(labels["val"])
-    head = Head(classifier["classifier.weight"], classifier["classifier.bias"], s2.lws)
-    groups = head_param_groups(s2, head.classifier, head.scaling if s2.lws else None)
-    optimizer = torch.optim.SGD(groups, lr=s2.lr, momentum=s2.momentum, weight_decay=s2.weight_decay,
-                                nesterov=s2.nesterov)  # fmt: skip
+    lws = method.uses_lws(s2)
+    head = Head(classifier["classifier.weight"], classifier["classifier.bias"], lws)
+    optimizer = build_optimizer(head_param_groups(s2, head.classifier, head.scaling if lws else None), s2)
     steps = math.ceil(len(y) / s2.batch_size)
     # `epochs` may be the sweep's shorter tune.epochs: the schedule spans the epochs actually run
     schedule = s2 if epochs == s2.epochs else replace(s2, epochs=epochs)
     scheduler = build_lr_scheduler(optimizer, schedule, steps)
-    loss_fn = stage2_loss(s2, manifest)
+    loss_fn, balanced = method.loss(s2, manifest), method.balanced(s2)
     result = HeadResult(head, -1, {objective: -math.inf})
     best_state = copy.deepcopy(head.state_dict())
     for epoch in range(epochs):
-        if s2.balanced_sampling:
+        if balanced:
             order = balanced_order(train_labels, len(y), seed, epoch)
         else:
             order = instance_order(len(y), True, seed, epoch)

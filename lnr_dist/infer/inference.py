@@ -61,11 +61,7 @@ DALI_AUGMENT_NOTE = (
 
 
 def checkpoint_path(cfg: ExperimentConfig) -> Path:
-    return (
-        Path(cfg.infer.checkpoint)
-        if cfg.infer.checkpoint
-        else cfg.stage_dir("stage1") / "checkpoints/best.pt"
-    )
+    return cfg.layout.backbone_checkpoint(cfg.infer.checkpoint)
 
 
 def run_inference(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -74,12 +70,10 @@ def run_inference(cfg: ExperimentConfig) -> dict[str, Any]:
     cfg.check_global_batch("infer.batch_size")
     load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
     load_model(cfg.model, cfg.data.num_classes, checkpoint_path(cfg))
-    out = Path(cfg.run_dir) / "infer"
+    out = cfg.layout.infer
     partial_path(out / "predictions.npy").unlink(missing_ok=True)  # left by a run that failed mid-write
     config_lib.save_resolved(cfg, out)
-    run_workers(
-        infer_worker, {"config": config_lib.to_dict(cfg)}, cfg.ray, "infer", Path(cfg.run_dir) / "ray", out
-    )
+    run_workers(infer_worker, {"config": config_lib.to_dict(cfg)}, cfg.ray, "infer", cfg.layout.ray, out)
     return json.loads((out / "summary.json").read_text())
 
 
@@ -163,7 +157,7 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     ctx, device = worker_setup(cfg.ray)
     icfg = cfg.infer
     seed = cfg.seed if icfg.seed is None else icfg.seed
-    out = Path(cfg.run_dir) / "infer"
+    out = cfg.layout.infer
     split = load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
     num_samples, num_classes = len(split), cfg.data.num_classes
     path = checkpoint_path(cfg)

@@ -217,7 +217,7 @@ def allocation_place() -> TaskPlace:
 def run_in_allocation(job: str, cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any] | None:
     """Run `job` on a Ray cluster spanning the allocation: the result on task 0, None on the other tasks."""
     place = allocation_place()
-    share = Path(cfg.with_absolute_paths().run_dir) / "slurm" / f"ray-{place.job_id}"
+    share = cfg.with_absolute_paths().layout.slurm_share(place.job_id)
     with ray_allocation(place, share) as address:
         if address is None:
             log.info("task %d lent its node to the Ray cluster of task 0; done", place.rank)

@@ -11,7 +11,7 @@ import logging
 import math
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +65,7 @@ def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
     from ..infer.inference import checkpoint_path
     from ..models.checkpoint import load_model
     from ..stage2.flip_sources import FlipSource
+    from ..stage2.registry import method_of
     from ..train.trainer import preflight
 
     if job in ("stage1", "stage2"):
@@ -75,12 +76,13 @@ def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
             cfg.model, cfg.data.num_classes, checkpoint_path(cfg)
         )  # missing, damaged or foreign: one line
     elif job == "tune":
+        method_of(cfg)
         load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
-        FlipSource(cfg)
+        FlipSource(cfg.layout)
 
 
 def _executor(opts: LaunchOptions, cfg: ExperimentConfig, name: str) -> submitit.AutoExecutor:
-    folder = Path(opts.folder or Path(cfg.run_dir) / "slurm" / "logs").resolve()
+    folder = Path(opts.folder or cfg.layout.slurm_logs).resolve()
     try:
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=opts.cluster)
     except RuntimeError as exc:  # submitit finds no srun/sbatch here: not a SLURM login node
@@ -137,8 +139,10 @@ def launch(job: str, cfg: ExperimentConfig, opts: LaunchOptions) -> list[Submitt
     # (features is a job too: `reproduce` submits it; on its own `launch` offers the four stages and pipeline)
     cfg = cfg.with_absolute_paths()
     steps = PIPELINE if job == "pipeline" else (job,)
-    if job == "pipeline" and cfg.stage2.threshold is None:
-        cfg = replace(cfg, stage2=replace(cfg.stage2, threshold="tuned"))  # stage 2 uses the sweep's choice
+    if job == "pipeline" and cfg.stage2.threshold.policy == "infer":
+        raise UserError("launch pipeline runs the sweep before stage 2, but stage2.threshold.policy is infer (the "
+                        "inference job's flips): set stage2.threshold.policy=tuned to train on the sweep's choice, "
+                        "or fixed with stage2.threshold.value")  # fmt: skip
     check_before_submit(steps[0], cfg)
     submitted: list[Submitted] = []
     for step in steps:

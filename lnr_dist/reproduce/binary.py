@@ -20,10 +20,8 @@ from torch import nn
 from ..core.errors import UserError
 from ..experiment import BinaryConfig, ExperimentConfig
 from ..lnr import FlipTable, binary_flips
+from ..stage2.oversample import NotApplicable, adasyn, smote
 from ..train.trainer import load_splits
-from .feature_heads import NotApplicable, oversample
-
-COMPARED = ("no_flip", "lnr", "random", "smote", "adasyn")
 
 
 def _pixels(paths: list[str]) -> np.ndarray:
@@ -125,22 +123,39 @@ def binary_metrics(head: nn.Linear, features: np.ndarray, y: np.ndarray) -> dict
             "top1": float((predicted == y).mean() * 100)}  # fmt: skip
 
 
-def _targets(method: str, y: np.ndarray, q: np.ndarray, features: np.ndarray, threshold: float, seed: int,
-             lnr_count: int) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
-    """(features, targets, flips) that stage 2 trains on for one compared method."""
-    indices = np.arange(y.size, dtype=np.int64)
-    if method == "lnr":
-        table = binary_flips(q, y, indices, threshold, seed)
-        return features, table.apply(indices, y), len(table)
-    if method == "random":
-        rng = np.random.default_rng([seed, 0x52])
-        chosen = np.sort(rng.choice(np.flatnonzero(y == 0), size=lnr_count, replace=False))
-        table = FlipTable(chosen, np.zeros_like(chosen), np.ones_like(chosen))
-        return features, table.apply(indices, y), len(table)
-    if method in ("smote", "adasyn"):
-        x, t = oversample(features, y, method, seed)
-        return x, t, 0
+# the binary task's compared methods: each makes (features, targets, flips) for stage 2 from
+# (y, q, features, threshold, seed, lnr_count); the task has its own small models, not the stage-2 registry's
+Targets = tuple[np.ndarray, np.ndarray, int]
+
+
+def _no_flip(y, q, features, threshold, seed, lnr_count) -> Targets:
     return features, y, 0
+
+
+def _lnr(y, q, features, threshold, seed, lnr_count) -> Targets:
+    indices = np.arange(y.size, dtype=np.int64)
+    table = binary_flips(q, y, indices, threshold, seed)
+    return features, table.apply(indices, y), len(table)
+
+
+def _random(y, q, features, threshold, seed, lnr_count) -> Targets:
+    """As many majority samples as LNR flips, chosen at random."""
+    rng = np.random.default_rng([seed, 0x52])
+    chosen = np.sort(rng.choice(np.flatnonzero(y == 0), size=lnr_count, replace=False))
+    table = FlipTable(chosen, np.zeros_like(chosen), np.ones_like(chosen))
+    return features, table.apply(np.arange(y.size, dtype=np.int64), y), len(table)
+
+
+def _oversampled(resample):
+    def targets(y, q, features, threshold, seed, lnr_count) -> Targets:
+        x, t = resample(features, y, seed)
+        return x, t, 0
+
+    return targets
+
+
+COMPARED = {"no_flip": _no_flip, "lnr": _lnr, "random": _random, "smote": _oversampled(smote),
+            "adasyn": _oversampled(adasyn)}  # fmt: skip
 
 
 def run_binary(cfg: ExperimentConfig, seed: int) -> dict[str, Any]:
@@ -156,7 +171,7 @@ def run_binary(cfg: ExperimentConfig, seed: int) -> dict[str, Any]:
         hidden, hidden_test = _hidden(model, x), _hidden(model, x_test)
         thresholds = sorted({*bcfg.thresholds, *((bcfg.threshold,) if ratio == bcfg.ratio else ())})
         for threshold in thresholds:
-            features, targets, flips = _targets("lnr", y, q, hidden, threshold, seed, 0)
+            features, targets, flips = _lnr(y, q, hidden, threshold, seed, 0)
             head = stage2(model, features, targets, bcfg.epochs, seed)
             metrics = binary_metrics(head, hidden_test, y_test)
             sweep.append({"ratio": ratio, "threshold": threshold, "flips": flips,
@@ -166,9 +181,9 @@ def run_binary(cfg: ExperimentConfig, seed: int) -> dict[str, Any]:
         lnr_count = next(
             r["flips"] for r in sweep if r["ratio"] == ratio and r["threshold"] == bcfg.threshold
         )
-        for method in COMPARED:
+        for method, make_targets in COMPARED.items():
             try:
-                features, targets, flips = _targets(method, y, q, hidden, bcfg.threshold, seed, lnr_count)
+                features, targets, flips = make_targets(y, q, hidden, bcfg.threshold, seed, lnr_count)
             except NotApplicable as exc:
                 comparison[method] = {"not_applicable": str(exc)}
                 continue

@@ -20,10 +20,13 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 
+from ..core.layout import RunLayout
 from ..core.plots import plt, save_figure
 from ..data.manifest import GROUPS, Manifest
 from ..experiment import ExperimentConfig
 from ..lnr import FlipTable
+from ..stage2.flip_sources import LNR_FLIPS, LabelContext
+from ..stage2.registry import BACKBONES, STAGE2_METHODS, Stage2Method, stage2_threshold
 from ..train.metrics import ECE_BINS as BINS
 from ..train.metrics import MetricSums
 
@@ -150,7 +153,7 @@ def _reliability_figure(method: str, files: list[Path], path: Path) -> None:
 def write_figures(
     cfg: ExperimentConfig, outcomes: list, per_seed: dict[str, list[dict[str, Any]]]
 ) -> list[Path]:
-    out = Path(cfg.run_dir) / "figures"
+    out = cfg.layout.figures
     written: list[Path] = []
     for method in cfg.reproduce.methods:
         files = [o.methods[method] / "test_logits.npz" for o in outcomes]
@@ -163,20 +166,19 @@ def write_figures(
     if results:
         manifest = Manifest.from_dict(next(iter(results.values()))[0]["manifest"])
         written.append(_per_class(results, manifest, out / "per_class_accuracy.png"))
-        if "lnr" in cfg.reproduce.methods:
-            table, threshold = lnr_flips(cfg, outcomes[0])
+        lnr = next((m for m in cfg.reproduce.methods if STAGE2_METHODS[m].labels is LNR_FLIPS), None)
+        if lnr is not None:
+            table, threshold = lnr_flips(cfg, STAGE2_METHODS[lnr], outcomes[0])
             path = out / "flip_matrix.png"
             flip_matrix_figure(table, manifest, threshold, outcomes[0].seed, path)
             written.append(path)
-    sweeps = [
-        o.folder / "tune" / "sweep.csv" for o in outcomes if (o.folder / "tune" / "sweep.csv").is_file()
-    ]
+    sweeps = [p for o in outcomes if (p := RunLayout(o.folder).tune / "sweep.csv").is_file()]
     if sweeps:
         written.append(_sweep(sweeps, out / "threshold_sweep.png"))
-    curves = [p for o in outcomes for p in (o.folder / "stage1" / "metrics.csv", o.folder / "ce" / "stage1" /
-                                             "metrics.csv") if p.is_file()]  # fmt: skip
+    curves = [p for o in outcomes for b in BACKBONES.values()
+              if (p := RunLayout(o.folder).backbone(b.folder).stage("stage1") / "metrics.csv").is_file()]  # fmt: skip
     if curves:
-        written.append(_stage1_curves(curves, Path(cfg.run_dir), out / "stage1_curves.png"))
+        written.append(_stage1_curves(curves, cfg.layout.root, out / "stage1_curves.png"))
     binary = [o.binary for o in outcomes if o.binary]
     if binary:
         written.append(_binary_heatmaps(binary, out / "binary_heatmaps.png"))
@@ -246,13 +248,11 @@ def _per_class(results: dict[str, list[dict[str, Any]]], manifest: Manifest, pat
     return path
 
 
-def lnr_flips(cfg: ExperimentConfig, outcome: Any) -> tuple[FlipTable, float]:
-    """The flips the lnr method trained on for one seed (tuned threshold, from the inference outputs)."""
-    from ..stage2.flip_sources import FlipSource, tuned_threshold
-
-    seed_cfg = replace(cfg, seed=outcome.seed, run_dir=str(outcome.folder))
-    threshold = tuned_threshold(seed_cfg)
-    return FlipSource(seed_cfg).at(threshold)
+def lnr_flips(cfg: ExperimentConfig, method: Stage2Method, outcome: Any) -> tuple[FlipTable, float]:
+    """The LNR flips `method` (whose labels are LNR_FLIPS) trained on for one seed, at its threshold policy."""
+    run_cfg = method.run_config(replace(cfg, seed=outcome.seed, run_dir=str(outcome.folder)))
+    # LNR's flips come from the inference outputs alone: the policy reads no training label
+    return method.labels.flips(LabelContext(run_cfg, np.empty(0, np.int64), stage2_threshold(run_cfg)))
 
 
 def _count_image(fig: Any, axis: Any, matrix: np.ndarray, labels: list[str], annotate: bool) -> None:

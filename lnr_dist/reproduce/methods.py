@@ -1,7 +1,7 @@
-"""The methods `reproduce` compares, in one registry: a method names the shared steps it needs and how it
-produces its folder (`results.json` with test metrics, `test_logits.npz`). A new stage-2 method (another
-rebalancing loss, a nearest-neighbour classifier on cached features, ...) is one more `Method` here; the runner,
-tables and figures pick it up unchanged."""
+"""How `reproduce` runs a registered stage-2 method (lnr_dist.stage2.registry) for one seed: the shared steps its
+declaration needs (its backbone's stage 1; inference when its labels read it; the sweep when its threshold is
+tuned; cached features when it trains on them), then its own run into <seed>/methods/<name>/ (results.json,
+test_logits.npz). Nothing here knows a method by name."""
 
 from __future__ import annotations
 
@@ -10,106 +10,93 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..core.layout import RunLayout
 from ..experiment import ExperimentConfig
+from ..features.backend import run_on_features
+from ..stage2.registry import BACKBONES, STAGE2_METHODS, Stage2Method, backbone_config
 
-# shared steps, in the order they must run; each maps to a job of lnr_dist/jobs.py
-SHARED_STEPS = ("stage1_ce", "stage1", "infer", "tune", "features")
+# a shared step runs a job of lnr_dist/jobs.py on a backbone's run folder; in this order
+JOB_ORDER = ("stage1", "infer", "tune", "features")
+# the config sections each job's outputs depend on (ray, fault and launch settings do not count)
+JOB_SECTIONS = {
+    "stage1": ("data", "model", "stage1"),
+    "features": ("data", "model", "stage1"),
+    "infer": ("data", "model", "stage1", "infer"),
+    "tune": ("data", "model", "stage1", "infer", "stage2", "tune"),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """A shared step: `job` on `backbone`'s run folder. Its name keeps the default backbone's steps short
+    (stage1, infer, ...) and suffixes the others' (stage1_ce, ...)."""
+
+    job: str
+    backbone: str
+
+    @property
+    def name(self) -> str:
+        return self.job if BACKBONES[self.backbone].folder == "" else f"{self.job}_{self.backbone}"
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        return JOB_SECTIONS[self.job]
 
 
 @dataclass(frozen=True)
 class SeedRun:
     """One seed's configuration and folders; `execute(job, cfg, out)` runs a job here or on SLURM."""
 
-    cfg: ExperimentConfig  # run_dir = <root>/seed<k> (the mixup backbone's pipeline)
+    cfg: ExperimentConfig  # run_dir = <root>/seed<k> (the default backbone's pipeline)
     execute: Callable[[str, ExperimentConfig, str | None], dict[str, Any]]
 
     @property
-    def folder(self) -> Path:
-        return Path(self.cfg.run_dir)
+    def layout(self) -> RunLayout:
+        return self.cfg.layout
 
-    @property
-    def ce_cfg(self) -> ExperimentConfig:
-        """Plain cross-entropy stage 1 (no mixup) in its own run folder."""
-        return replace(
-            self.cfg, run_dir=str(self.folder / "ce"), stage1=replace(self.cfg.stage1, mixup_alpha=0.0)
-        )
-
-    def method_dir(self, name: str) -> Path:
-        return self.folder / "methods" / name
+    def step_config(self, step: Step) -> ExperimentConfig:
+        cfg = backbone_config(self.cfg, step.backbone)
+        if step.job == "tune":
+            cfg = replace(cfg, stage2=replace(cfg.stage2, method=sweep_method(self.cfg).name))
+        return cfg
 
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    needs: tuple[str, ...]
-    sections: tuple[str, ...]  # config sections whose values the method's result depends on (besides `needs`)
-    run: Callable[[SeedRun, Path], dict[str, Any]]  # writes results.json + test_logits.npz into the folder
-    description: str
+def sweep_method(cfg: ExperimentConfig) -> Stage2Method:
+    """The method the sweep step tunes: stage2.method when its threshold is tuned, else the first reproduced
+    method with a tuned threshold. Its chosen threshold serves every tuned method on that backbone."""
+    configured = STAGE2_METHODS[cfg.stage2.method]
+    if configured.threshold == "tuned":
+        return configured
+    methods = [STAGE2_METHODS[n] for n in cfg.reproduce.methods]
+    return next((m for m in methods if m.threshold == "tuned"), configured)
 
 
-def _stage1_result(which: str) -> Callable[[SeedRun, Path], dict[str, Any]]:
-    def run(seed_run: SeedRun, folder: Path) -> dict[str, Any]:
-        source = (seed_run.ce_cfg if which == "ce" else seed_run.cfg).stage_dir("stage1")
-        return {"source": str(source)}  # stage 1's own folder is the method's result
-
-    return run
-
-
-def stage2_variant(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
-    """The config of stage-2 `method`: mislas on the original labels, lnr and random at the sweep's threshold."""
-    threshold = None if method == "mislas" else "tuned"
-    return replace(cfg, stage2=replace(cfg.stage2, method=method, threshold=threshold))
-
-
-def _stage2(method: str) -> Callable[[SeedRun, Path], dict[str, Any]]:
-    def run(seed_run: SeedRun, folder: Path) -> dict[str, Any]:
-        if seed_run.cfg.reproduce.stage2_on == "features":
-            return _on_features(method)(seed_run, folder)
-        seed_run.execute("stage2", stage2_variant(seed_run.cfg, method), str(folder))
-        return {"source": str(folder)}
-
-    return run
+def steps_of(method: Stage2Method, cfg: ExperimentConfig) -> list[Step]:
+    """The shared steps `method` needs, from its declaration."""
+    jobs = ["stage1"]
+    if method.retrain:
+        if method.labels.reads_inference:
+            jobs.append("infer")
+        if method.threshold == "tuned":
+            jobs.append("tune")
+        if method.backend(cfg.stage2) == "features":
+            jobs.append("features")
+    return [Step(job, method.stage1) for job in jobs]
 
 
-def _on_features(method: str) -> Callable[[SeedRun, Path], dict[str, Any]]:
-    def run(seed_run: SeedRun, folder: Path) -> dict[str, Any]:
-        from .feature_heads import head_method
-
-        head_method(seed_run.cfg, method, folder)
-        return {"source": str(folder)}
-
-    return run
+def sections_of(method: Stage2Method, cfg: ExperimentConfig) -> set[str]:
+    """The config sections a method's result depends on (its steps' and, when it retrains, stage2's)."""
+    sections = {s for step in steps_of(method, cfg) for s in step.sections}
+    return sections | ({"stage2"} if method.retrain else set())
 
 
-FLIP_STEPS = ("stage1", "infer", "tune")
-FLIP_SECTIONS = ("stage2", "infer", "tune")
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in [
-        Method("ce", ("stage1_ce",), (), _stage1_result("ce"), "stage 1 with plain cross-entropy"),
-        Method("mixup", ("stage1",), (), _stage1_result("mixup"), "stage 1 with mixup (LNR's backbone)"),
-        Method(
-            "mislas",
-            ("stage1",),
-            ("stage2",),
-            _stage2("mislas"),
-            "MiSLAS stage 2 (LAS, LWS, balanced), no flips",
-        ),
-        Method(
-            "lnr", FLIP_STEPS, FLIP_SECTIONS, _stage2("lnr"), "stage 2 on LNR flips at the tuned threshold"
-        ),
-        Method(
-            "random", FLIP_STEPS, FLIP_SECTIONS, _stage2("random"), "stage 2 on as many random flips as LNR"
-        ),
-        Method(
-            "smote", ("stage1", "features"), ("stage2",), _on_features("smote"), "SMOTE on stage-1 features"
-        ),
-        Method(
-            "adasyn",
-            ("stage1", "features"),
-            ("stage2",),
-            _on_features("adasyn"),
-            "ADASYN on stage-1 features",
-        ),
-    ]
-}
+def run_method(method: Stage2Method, seed_run: SeedRun, folder: Path) -> dict[str, Any]:
+    """Run `method` for one seed; returns {"source": folder with results.json + test_logits.npz}."""
+    cfg = method.run_config(seed_run.cfg)
+    if not method.retrain:  # the method's result is its backbone's stage-1 model
+        return {"source": str(cfg.layout.stage("stage1"))}
+    if method.backend(cfg.stage2) == "features":
+        run_on_features(cfg, folder)
+    else:
+        seed_run.execute("stage2", cfg, str(folder))
+    return {"source": str(folder)}

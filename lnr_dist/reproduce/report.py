@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 
 from ..core import storage
+from ..core.layout import RunLayout
 from ..data.manifest import Manifest
 from ..experiment import ExperimentConfig
+from ..stage2.registry import STAGE2_METHODS
 from . import compare
 from .figures import write_figures
 
@@ -75,7 +77,7 @@ def _cell(value: tuple[float, float] | None, digits: int = 2, seeds: int = 2) ->
 
 
 def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
-    root = Path(cfg.run_dir)
+    root = cfg.layout
     methods = list(cfg.reproduce.methods)
     per_seed = {m: [method_row(o.methods[m]) for o in outcomes] for m in methods}
     table = aggregate(per_seed)
@@ -83,7 +85,9 @@ def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
     seed_rows = [{"method": m, "seed": o.seed, "source": str(o.methods[m] / "results.json"), **row}
                  for m in methods for o, row in zip(outcomes, per_seed[m], strict=True)]  # fmt: skip
     storage.write_csv(
-        root / "results_per_seed.csv", seed_rows, ["method", "seed", *COLUMNS, "not_applicable", "source"]
+        root.report_file("results_per_seed.csv"),
+        seed_rows,
+        ["method", "seed", *COLUMNS, "not_applicable", "source"],
     )
     mean_rows = []
     for m in methods:
@@ -98,14 +102,14 @@ def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
             row[f"{key}_mean"], row[f"{key}_std"] = value if value is not None else (None, None)
         mean_rows.append(row)
     fields = ["method", "seeds"] + [f"{k}_{s}" for k in COLUMNS for s in ("mean", "std")] + ["not_applicable"]
-    storage.write_csv(root / "results.csv", mean_rows, fields)
+    storage.write_csv(root.report_file("results.csv"), mean_rows, fields)
 
     comparisons = _comparisons(cfg, outcomes, per_seed)
-    storage.write_csv(root / "comparisons.csv", comparisons, compare.FIELDS)
+    storage.write_csv(root.report_file("comparisons.csv"), comparisons, compare.FIELDS)
     figures = write_figures(cfg, outcomes, per_seed)
-    storage.write_text(root / "results.md", _markdown(cfg, outcomes, table, figures, comparisons))
-    return {"results_md": str(root / "results.md"), "results_csv": str(root / "results.csv"),
-            "comparisons_csv": str(root / "comparisons.csv"), "figures": [str(f) for f in figures],
+    storage.write_text(root.report_file("results.md"), _markdown(cfg, outcomes, table, figures, comparisons))
+    return {"results_md": str(root.report_file("results.md")), "results_csv": str(root.report_file("results.csv")),
+            "comparisons_csv": str(root.report_file("comparisons.csv")), "figures": [str(f) for f in figures],
             "table": table}  # fmt: skip
 
 
@@ -138,8 +142,6 @@ def _markdown(
     figures: list[Path],
     comparisons: list[dict[str, Any]],
 ) -> str:
-    from .methods import METHODS
-
     seeds = ", ".join(str(o.seed) for o in outcomes)
     lines = [
         f"# Results: {Path(cfg.data.train_split).name} ({cfg.model.arch}), seeds {seeds}",
@@ -162,9 +164,9 @@ def _markdown(
         ]
         cells += [_cell(entry["nll"], 3, n), _cell(entry["num_flips"], 1, n), _cell(entry["threshold"], 2, n)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "Methods: " + "; ".join(f"**{m}** {METHODS[m].description}" for m in table), ""]
+    lines += ["", "Methods: " + "; ".join(f"**{m}** {STAGE2_METHODS[m].description}" for m in table), ""]
     for outcome in outcomes:
-        chosen = outcome.folder / "tune" / "chosen_threshold.json"
+        chosen = RunLayout(outcome.folder).chosen_threshold
         edge = json.loads(chosen.read_text()).get("edge_warning") if chosen.is_file() else None
         if edge:
             lines += [f"**Warning (seed {outcome.seed}): the threshold the sweep chose is {edge}.**", ""]

@@ -14,21 +14,12 @@ from typing import Any
 
 from ..core import config as config_lib
 from ..core import storage
-from ..core.errors import UserError
 from ..experiment import ExperimentConfig
-from .methods import METHODS, SHARED_STEPS, SeedRun
+from ..stage2.registry import BACKBONES, STAGE2_METHODS, reproduce_methods
+from .methods import JOB_ORDER, SeedRun, run_method, sections_of, steps_of
 from .steps import StepLog, config_hash
 
 log = logging.getLogger(__name__)
-
-# the config sections each shared step's outputs depend on (ray, fault and launch settings do not count)
-STEP_SECTIONS = {
-    "stage1_ce": ("data", "model", "stage1"),
-    "stage1": ("data", "model", "stage1"),
-    "features": ("data", "model", "stage1"),
-    "infer": ("data", "model", "stage1", "infer"),
-    "tune": ("data", "model", "stage1", "infer", "stage2", "tune"),
-}
 
 
 @dataclass(frozen=True)
@@ -59,48 +50,38 @@ def slurm_executor(opts) -> Callable[[str, ExperimentConfig, str | None], dict[s
     return lambda job, cfg, out: wait_for(submit(job, cfg, opts, out=out))
 
 
-def check_methods(methods: tuple[str, ...], baselines: tuple[str, ...] = ()) -> None:
-    for key, names in (("reproduce.methods", methods), ("reproduce.baselines", baselines)):
-        unknown = [m for m in names if m not in METHODS]
-        if unknown:
-            raise UserError(f"{key}: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
-
-
 def run_seed(cfg: ExperimentConfig, execute) -> SeedOutcome:
     run = SeedRun(cfg, execute)
-    steps = StepLog(run.folder)
-    methods = cfg.reproduce.methods
-    needed = {step for m in methods for step in METHODS[m].needs}
-    if cfg.reproduce.stage2_on == "features":
-        needed.add("features")
-    jobs = {"stage1_ce": lambda: execute("stage1", run.ce_cfg, None), "stage1": lambda: execute("stage1", cfg, None),
-            "infer": lambda: execute("infer", cfg, None), "tune": lambda: execute("tune", cfg, None),
-            "features": lambda: execute("features", cfg, None)}  # fmt: skip
-    for step in SHARED_STEPS:
-        if step in needed:
-            steps.run(step, _hash(cfg, set(STEP_SECTIONS[step])), lambda step=step: _summary(jobs[step]()))
+    steps = StepLog(run.layout.root)
+    methods = [STAGE2_METHODS[name] for name in cfg.reproduce.methods]
+    needed = {step for m in methods for step in steps_of(m, cfg)}
+    order = {name: i for i, name in enumerate(BACKBONES)}
+    for step in sorted(needed, key=lambda s: (order[s.backbone], JOB_ORDER.index(s.job))):
+        step_cfg = run.step_config(step)
+        steps.run(step.name, _hash(step_cfg, set(step.sections)),
+                  lambda job=step.job, c=step_cfg: _summary(execute(job, c, None)))  # fmt: skip
     folders = {}
-    for name in methods:
-        method = METHODS[name]
-        sections = {s for need in method.needs for s in STEP_SECTIONS[need]} | set(method.sections)
-        folder = run.method_dir(name)
-        digest = _hash(cfg, sections, name, cfg.reproduce.stage2_on if "stage2" in sections else None)
-        result = steps.run(f"method-{name}", digest, lambda m=method, f=folder: m.run(run, f))
-        folders[name] = Path(result["source"])
+    for method in methods:
+        folder = run.layout.method(method.name)
+        digest = _hash(
+            method.run_config(cfg), sections_of(method, cfg), method.name, method.backend(cfg.stage2)
+        )
+        result = steps.run(f"method-{method.name}", digest, lambda m=method, f=folder: run_method(m, run, f))
+        folders[method.name] = Path(result["source"])
     binary = None
     if cfg.reproduce.binary.enabled:
         from .binary import run_binary
 
         def binary_step() -> dict[str, Any]:
             result = run_binary(cfg, cfg.seed)
-            storage.write_json(run.folder / "binary" / "results.json", result)
-            return {"source": str(run.folder / "binary" / "results.json")}
+            storage.write_json(run.layout.root / "binary" / "results.json", result)
+            return {"source": str(run.layout.root / "binary" / "results.json")}
 
         record = steps.run(
             "binary", _hash(cfg, {"data"}, config_lib.to_dict(cfg.reproduce.binary)), binary_step
         )
         binary = json.loads(Path(record["source"]).read_text())
-    return SeedOutcome(cfg.seed, run.folder, folders, binary, steps.ran, steps.skipped)
+    return SeedOutcome(cfg.seed, run.layout.root, folders, binary, steps.ran, steps.skipped)
 
 
 def _summary(result: dict[str, Any] | None) -> dict[str, Any]:
@@ -115,16 +96,18 @@ def reproduce(cfg: ExperimentConfig, execute=None) -> dict[str, Any]:
     from .report import write_report
 
     cfg = cfg.with_absolute_paths()
-    check_methods(cfg.reproduce.methods, cfg.reproduce.baselines)
-    preflight(replace(cfg, run_dir=str(Path(cfg.run_dir) / f"seed{cfg.seed}")), "stage1")  # before any job
+    # reproduce.methods resolved (empty = every registered method), plugins imported, names checked
+    names = tuple(m.name for m in reproduce_methods(cfg))
+    cfg = replace(cfg, reproduce=replace(cfg.reproduce, methods=names))
+    root = cfg.layout
+    preflight(replace(cfg, run_dir=str(root.seed(cfg.seed).root)), "stage1")  # before any job
     execute = execute or local_executor()
-    root = Path(cfg.run_dir)
-    config_lib.save_resolved(cfg, root, "reproduce_config.yaml")
+    config_lib.save_resolved(cfg, root.root, "reproduce_config.yaml")
     outcomes = []
     for k in range(cfg.reproduce.seeds):
         seed = cfg.seed + k
         log.info("reproduce: seed %d (%d of %d)", seed, k + 1, cfg.reproduce.seeds)
-        outcomes.append(run_seed(replace(cfg, seed=seed, run_dir=str(root / f"seed{seed}")), execute))
+        outcomes.append(run_seed(replace(cfg, seed=seed, run_dir=str(root.seed(seed).root)), execute))
     report = write_report(cfg, outcomes)
     ran = [f"seed{o.seed}/{name}" for o in outcomes for name in o.ran]
     skipped = [f"seed{o.seed}/{name}" for o in outcomes for name in o.skipped]

@@ -1,1 +1,2 @@
-"""Floor 5: what a stage-2 method trains on: its flip table from the inference job's outputs."""
+"""Floor 5: stage-2 methods: the registry (registry.py), their label policies and flip tables from the inference
+job's outputs (flip_sources.py), feature oversampling (oversample.py)."""

@@ -70,6 +70,18 @@ def lr_multiplier(train: TrainConfig, steps_per_epoch: int) -> Callable[[int], f
     return factor
 
 
+def build_optimizer(param_groups: list[dict], train: TrainConfig) -> torch.optim.SGD:
+    """SGD over the recipe's parameter groups (each with its own lr) with the recipe's momentum, weight decay and
+    Nesterov flag: the one optimizer of every stage, on Ray Train and on cached features."""
+    return torch.optim.SGD(
+        param_groups,
+        lr=train.lr,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        nesterov=train.nesterov,
+    )
+
+
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:

@@ -4,7 +4,6 @@ parameters train at which learning rate, the loss, the sampler, a per-batch labe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,9 +13,10 @@ from torch import nn
 from ..data.manifest import Manifest
 from ..experiment import ExperimentConfig, Stage2Config, TrainConfig
 from ..models.checkpoint import load_model
-from ..models.losses import CrossEntropy, LabelAwareSmoothing, smoothing_per_class
+from ..models.losses import CrossEntropy
 from ..models.network import Network, build_model
-from ..stage2.flip_sources import stage2_flips
+from ..stage2.flip_sources import flip_report
+from ..stage2.registry import method_of, stage2_flips
 from .engine import LabelMap
 
 
@@ -48,32 +48,29 @@ def head_param_groups(
     return groups
 
 
-def stage2_loss(s2: Stage2Config, manifest: Manifest) -> LabelAwareSmoothing:
-    """Label-aware smoothing from smooth_tail (rarest class) to smooth_head (largest) along smooth_profile."""
-    return LabelAwareSmoothing(
-        smoothing_per_class(manifest.class_counts, s2.smooth_head, s2.smooth_tail, s2.smooth_profile)
-    )
-
-
 def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
-    """Stage 2: the stage-1 network with frozen features (+ optional BN shift), classifier + LWS retrained with
-    label-aware smoothing on class-balanced batches, labels replaced through the method's flip table."""
+    """Stage 2 of cfg.stage2.method (lnr_dist.stage2.registry): the stage-1 network with frozen features (+
+    optional BN shift), classifier (+ LWS) retrained with the method's loss and sampler, labels replaced through
+    the method's flip table at the run's threshold policy."""
     s2 = cfg.stage2
-    path = Path(s2.checkpoint) if s2.checkpoint else cfg.stage_dir("stage1") / "checkpoints" / "best.pt"
+    method = method_of(cfg)
+    path = cfg.layout.backbone_checkpoint(s2.checkpoint)
     model = load_model(cfg.model, manifest.num_classes, path, "stage2.checkpoint")
     model.freeze_features(shift_bn=s2.shift_bn)
-    if s2.lws:
+    lws = method.uses_lws(s2)
+    if lws:
         model.enable_weight_scaling()
-    groups = head_param_groups(s2, model.classifier, model.scaling if s2.lws else None)
-    table, report = stage2_flips(cfg, train_labels)
+    groups = head_param_groups(s2, model.classifier, model.scaling if lws else None)
+    table, threshold = stage2_flips(cfg, train_labels)
     label_map = None
     if table is not None:
 
         def label_map(indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(table.apply(indices.numpy(), labels.numpy()))
 
+    report = flip_report(method.name, table, threshold)
     return Recipe(
-        model, groups, stage2_loss(s2, manifest), s2, s2.balanced_sampling, label_map,
+        model, groups, method.loss(s2, manifest), s2, method.balanced(s2), label_map,
         {"results_extra": {"flips": report, "stage1_checkpoint": str(path)}},
     )  # fmt: skip
 

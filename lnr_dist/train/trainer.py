@@ -49,7 +49,7 @@ from ..models.checkpoint import (
 from ..runtime.faults import inject_fault
 from ..runtime.raycluster import run_workers, worker_setup
 from .calibration import fit_temperature, metrics_at
-from .engine import build_lr_scheduler, collect_logits, evaluate, train_one_epoch
+from .engine import build_lr_scheduler, build_optimizer, collect_logits, evaluate, train_one_epoch
 from .metrics import compute_metrics
 from .recipes import build_recipe
 
@@ -127,7 +127,7 @@ def preflight(cfg: ExperimentConfig, stage: str, out: Path | None = None) -> dic
     labels = splits["train"].labels
     recipe = build_recipe(cfg, stage, Manifest.from_labels(labels, cfg.data.num_classes), labels)
     flips = recipe.checkpoint_extra.get("results_extra", {}).get("flips")
-    _check_resumable(cfg, stage, out or cfg.stage_dir(stage), flips)
+    _check_resumable(cfg, stage, out or cfg.layout.stage(stage), flips)
     return splits
 
 
@@ -139,12 +139,12 @@ def fit(
     `out` replaces the stage's folder <run_dir>/<stage> (sweep trials); `callbacks` go to the TorchTrainer.
     """
     cfg = cfg.with_absolute_paths()
-    out = Path(out).resolve() if out is not None else cfg.stage_dir(stage)
+    out = Path(out).resolve() if out is not None else cfg.layout.stage(stage)
     preflight(cfg, stage, out)
     config_lib.save_resolved(cfg, out)
     loop_config = {"config": config_lib.to_dict(cfg), "stage": stage, "out": str(out)}
-    name = stage if out == cfg.stage_dir(stage) else out.name
-    run_workers(train_worker, loop_config, cfg.ray, name, Path(cfg.run_dir) / "ray", out, callbacks)
+    name = stage if out == cfg.layout.stage(stage) else out.name
+    run_workers(train_worker, loop_config, cfg.ray, name, cfg.layout.ray, out, callbacks)
     return json.loads((out / "results.json").read_text())
 
 
@@ -181,7 +181,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     stage = loop_config["stage"]
     ctx, device = worker_setup(cfg.ray)
     cuda = device.type == "cuda"
-    out = Path(loop_config.get("out") or cfg.stage_dir(stage))
+    out = Path(loop_config.get("out") or cfg.layout.stage(stage))
     checkpoints = out / "checkpoints"
 
     splits = load_splits(cfg)
@@ -197,10 +197,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         model = model.to(memory_format=torch.channels_last)
     if ctx.world_size > 1:
         model = ray.train.torch.prepare_model(model, move_to_device=False)
-    optimizer = torch.optim.SGD(
-        recipe.param_groups, lr=train_cfg.lr, momentum=train_cfg.momentum,
-        weight_decay=train_cfg.weight_decay, nesterov=train_cfg.nesterov,
-    )  # fmt: skip
+    optimizer = build_optimizer(recipe.param_groups, train_cfg)
     train_loader = build_loader(
         cfg.data, splits["train"], LoaderSpec.train(per_worker, cfg.seed, recipe.balanced_sampling), ctx
     )

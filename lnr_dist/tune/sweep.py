@@ -1,8 +1,10 @@
 """The Ray Tune threshold sweep: flips re-derived per trial from the inference job's saved predictions or sparse
 candidates (no inference per trial), stage 2 per trial, selection on validation, one test evaluation.
 
-With a frozen backbone and no BN shift (the default), trials train the classifier head on stage-1 features
-computed once (`features/cache.py`), a fraction of a second per trial on the mini set. Otherwise each trial is a
+The sweep tunes the threshold of stage2.method, a registered method whose threshold policy is tuned (lnr by
+default; its label policy makes each trial's flips). Where trials train is the method's backend for the sweep
+(stage2.backend; auto: with no BN shift, the classifier head on stage-1 features computed once,
+`features/cache.py`, a fraction of a second per trial on the mini set). On images each trial is a
 function trainable that builds a TorchTrainer for stage 2 (Ray Train V2's pattern: Tune drives a function that
 builds the trainer; `TuneReportCallback` forwards the workers' reports). Trials take `tune.cpus_per_trial` /
 `tune.gpus_per_trial`: fractional CPUs on a laptop, one GPU per trial on a cluster.
@@ -27,11 +29,12 @@ from ..core import storage
 from ..core.errors import RunFailed, UserError
 from ..core.plots import save_figure
 from ..data.splits import load_train_split
-from ..experiment import ExperimentConfig
+from ..experiment import ExperimentConfig, ThresholdPolicy
 from ..features.cache import cached_features, head_inputs, stage1_checkpoint
 from ..features.heads import evaluate_head, train_head
 from ..runtime.raycluster import ensure_ray, groups_that_fit
 from ..stage2.flip_sources import FlipSource
+from ..stage2.registry import STAGE2_METHODS, flips_at, method_of
 from ..train.trainer import fit
 
 log = logging.getLogger(__name__)
@@ -42,16 +45,12 @@ METRIC_FIELDS = SWEEP_FIELDS[5:]
 EDGE_SHARE = 0.05
 
 
-def uses_cached_features(cfg: ExperimentConfig) -> bool:
-    return cfg.tune.cached_features == "auto" and not cfg.stage2.shift_bn
-
-
 def head_trial(config: dict[str, Any]) -> None:
     """Tune function trainable on cached features: one threshold, reports validation metrics every epoch."""
     cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
     threshold = float(config["threshold"])
-    table, _ = FlipSource(cfg).at(threshold)
     inputs = head_inputs(cfg, extract=False)
+    table, _ = flips_at(cfg, inputs.labels["train"], threshold)
     objective = cfg.tune.objective
     best = {"value": -np.inf}
 
@@ -61,7 +60,7 @@ def head_trial(config: dict[str, Any]) -> None:
                      "best_objective": best["value"], **storage.finite({f"val_{k}": v for k, v in metrics.items()})})  # fmt: skip
 
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
-    train_head(cfg.stage2, _epochs(cfg), inputs.manifest, inputs.features, inputs.labels, inputs.classifier,
+    train_head(cfg.stage2, method_of(cfg), _epochs(cfg), inputs.manifest, inputs.features, inputs.labels, inputs.classifier,
                table, cfg.seed, objective, report)  # fmt: skip
 
 
@@ -71,9 +70,9 @@ def trainer_trial(config: dict[str, Any]) -> None:
 
     cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
     threshold = float(config["threshold"])
-    stage2 = replace(cfg.stage2, threshold=threshold, evaluate_test=False, epochs=_epochs(cfg),
+    stage2 = replace(cfg.stage2, threshold=ThresholdPolicy.fixed(threshold), evaluate_test=False, epochs=_epochs(cfg),
                      checkpoint=str(stage1_checkpoint(cfg)))  # fmt: skip
-    out = Path(cfg.run_dir) / "tune" / f"trial_t{threshold:g}"
+    out = cfg.layout.tune_trial(threshold)
     # a trial always runs its whole schedule from the start: a folder an earlier (interrupted) sweep left would be
     # resumed and report only its remaining epochs, which the sweep would take for an early stop
     shutil.rmtree(out, ignore_errors=True)
@@ -115,18 +114,21 @@ def _trial_resources(cfg: ExperimentConfig, cached: bool) -> tuple[dict[str, flo
 def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
     """Sweep, pick on validation, evaluate the chosen threshold once on test, write the sweep's outputs."""
     cfg = cfg.with_absolute_paths()
-    if cfg.stage2.method != "lnr":
-        raise UserError(f"the threshold sweep tunes LNR flips; stage2.method is {cfg.stage2.method!r}")
+    method = method_of(cfg)
+    if method.threshold != "tuned":
+        tunable = ", ".join(m.name for m in STAGE2_METHODS.values() if m.threshold == "tuned")
+        raise UserError(f"the sweep tunes a method's threshold; stage2.method {method.name!r} has none to tune "
+                        f"(methods with a tuned threshold: {tunable})")  # fmt: skip
     load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)  # refuses empty classes
-    source = FlipSource(cfg)  # fails early without the inference job's outputs
+    source = FlipSource(cfg.layout)  # fails early without the inference job's outputs
     space, num_samples, scheduler = _space(cfg)
     lowest = min(cfg.tune.thresholds) if cfg.tune.scheduler == "grid" else cfg.tune.search_min
     if lowest < source.lowest_threshold():
         raise UserError(f"threshold {lowest} is below what the saved inference outputs allow "
                         f"({source.lowest_threshold()}); save predictions or lower infer.candidates_t_min")  # fmt: skip
-    out = Path(cfg.run_dir) / "tune"
+    out = cfg.layout.tune
     config_lib.save_resolved(cfg, out)
-    cached = uses_cached_features(cfg)
+    cached = method.backend(cfg.stage2, "sweep") == "features"
     if cached:
         cached_features(cfg)
     ensure_ray(cfg.ray)
@@ -136,7 +138,7 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
         param_space={"experiment": config_lib.to_dict(cfg), "threshold": space},
         tune_config=tune.TuneConfig(metric="objective" if cached else f"val_{cfg.tune.objective}", mode="max", num_samples=num_samples, scheduler=scheduler,
                                     max_concurrent_trials=concurrent, reuse_actors=cached),
-        run_config=tune.RunConfig(name="tune", storage_path=str(Path(cfg.run_dir) / "ray"), verbose=0),
+        run_config=tune.RunConfig(name="tune", storage_path=str(cfg.layout.ray), verbose=0),
     )  # fmt: skip
     grid = tuner.fit()
     if grid.errors:
@@ -146,7 +148,7 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
         if user is not None:
             raise UserError(str(user)) from None
         raise RunFailed(f"{len(causes)} sweep trial(s) failed, first: {str(causes[0]).strip().splitlines()[-1]}; "
-                        f"tracebacks under {Path(cfg.run_dir) / 'ray' / 'tune'}")  # fmt: skip
+                        f"tracebacks under {cfg.layout.ray / 'tune'}")  # fmt: skip
     rows = [_trial_row(result, _epochs(cfg), cfg.tune.objective) for result in grid]
     rows.sort(key=lambda r: r["threshold"])
     chosen = choose(rows, cfg.tune.objective)
@@ -155,9 +157,10 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
         log.warning("tune: chosen threshold %g: %s", chosen["threshold"], edge)
     final = _evaluate_chosen(cfg, chosen["threshold"], cached)
     report = {"threshold": chosen["threshold"], "objective": f"val_{cfg.tune.objective}", "chosen": chosen,
-              "edge_warning": edge, "searched": searched_range(cfg), "cached_features": cached, **final}  # fmt: skip
+              "edge_warning": edge, "searched": searched_range(cfg), "method": method.name,
+              "backend": "features" if cached else "images", **final}  # fmt: skip
     _write_outputs(out, rows, report)
-    storage.write_json(out / "chosen_threshold.json", report)
+    storage.write_json(cfg.layout.chosen_threshold, report)
     return report
 
 
@@ -208,16 +211,15 @@ def edge_warning(cfg: ExperimentConfig, threshold: float) -> str | None:
 def _evaluate_chosen(cfg: ExperimentConfig, threshold: float, cached: bool) -> dict[str, Any]:
     """The chosen threshold's model on test, once (the sweep itself never looks at test)."""
     if not cached:
-        stage2 = replace(
-            cfg.stage2, threshold=threshold, epochs=_epochs(cfg), checkpoint=str(stage1_checkpoint(cfg))
-        )
-        out = Path(cfg.run_dir) / "tune" / "chosen"
+        stage2 = replace(cfg.stage2, threshold=ThresholdPolicy.fixed(threshold), epochs=_epochs(cfg),
+                         checkpoint=str(stage1_checkpoint(cfg)))  # fmt: skip
+        out = cfg.layout.tune_chosen
         shutil.rmtree(out, ignore_errors=True)  # an earlier sweep may have chosen another threshold
         results = fit(replace(cfg, stage2=stage2), "stage2", out=out)
         return {k: results[k] for k in ("test", "test_calibrated", "temperature")}
-    table, _ = FlipSource(cfg).at(threshold)
     inputs = head_inputs(cfg)
-    result = train_head(cfg.stage2, _epochs(cfg), inputs.manifest, inputs.features, inputs.labels,
+    table, _ = flips_at(cfg, inputs.labels["train"], threshold)
+    result = train_head(cfg.stage2, method_of(cfg), _epochs(cfg), inputs.manifest, inputs.features, inputs.labels,
                         inputs.classifier, table, cfg.seed, cfg.tune.objective)  # fmt: skip
     return evaluate_head(result.head, inputs.features, inputs.labels, inputs.manifest)
 

@@ -14,10 +14,10 @@ from PIL import Image
 
 from lnr_dist.core.errors import UserError
 from lnr_dist.experiment import BinaryConfig, ReproduceConfig
-from lnr_dist.reproduce.methods import METHODS, Method
 from lnr_dist.reproduce.report import COLUMNS, method_row
 from lnr_dist.reproduce.runner import reproduce
 from lnr_dist.reproduce.steps import StepFailed
+from lnr_dist.stage2.registry import STAGE2_METHODS, Stage2Method
 from tests.conftest import mini_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -193,10 +193,12 @@ def test_a_failed_step_stops_the_chain_and_keeps_what_finished(first_run, monkey
     results_md = (root / "results.md").read_text()
     records = {p.name: p.read_bytes() for p in (root / "seed0" / "steps").glob("*.json")}
 
-    def explode(seed_run, folder):
+    def explode(s2, manifest):
         raise RuntimeError("out of disk")
 
-    monkeypatch.setitem(METHODS, "boom", Method("boom", ("stage1",), (), explode, "fails"))
+    monkeypatch.setitem(
+        STAGE2_METHODS, "boom", Stage2Method("boom", "fails", loss=explode, backends=("features",))
+    )
     failing = replace(cfg, reproduce=replace(cfg.reproduce, methods=("mixup", "boom", "lnr")))
     with pytest.raises(StepFailed, match="step method-boom failed: RuntimeError: out of disk") as failure:
         reproduce(failing)

@@ -9,10 +9,10 @@ import torch
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.experiment import BinaryConfig
 from lnr_dist.reproduce.binary import load_task
-from lnr_dist.reproduce.feature_heads import NotApplicable, oversample
 from lnr_dist.reproduce.figures import reliability
 from lnr_dist.reproduce.report import aggregate
 from lnr_dist.reproduce.steps import config_hash
+from lnr_dist.stage2.oversample import NotApplicable, oversample
 from lnr_dist.train.calibration import metrics_at
 from tests.conftest import mini_experiment
 

@@ -39,7 +39,7 @@ def trained(mini_root, tmp_path_factory, ray_session):
 
 def test_training_lowers_loss_beats_chance_and_writes_the_run_folder(trained):
     cfg, results = trained
-    out = cfg.stage_dir("stage1")
+    out = cfg.layout.stage("stage1")
     rows = read_rows(out / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(12))
     assert float(rows[-1]["train_loss"]) < 0.8 * float(rows[0]["train_loss"])
@@ -67,7 +67,7 @@ def test_two_worker_metrics_equal_one_process_on_the_same_model(trained):
     splits = load_splits(cfg)
     manifest = Manifest.from_labels(splits["train"].labels, 10)
     model = build_model(cfg.model, 10)
-    model.load_state_dict(load_checkpoint(cfg.stage_dir("stage1") / "checkpoints/best.pt")["model"])
+    model.load_state_dict(load_checkpoint(cfg.layout.stage("stage1") / "checkpoints/best.pt")["model"])
     loader = build_loader(cfg.data, splits["test"], LoaderSpec.evaluate(64), RankContext())
     single = compute_metrics(evaluate(model, loader, torch.device("cpu"), 10), manifest)
     for key in ("top1", "balanced_acc", "many", "medium", "few", "ece", "nll"):
@@ -80,7 +80,7 @@ def test_interrupted_run_resumes_with_its_optimizer_state(mini_root, tmp_path, r
     ).with_absolute_paths()
     with pytest.raises(Exception, match="injected fault"):
         fit(cfg, "stage1")
-    out = cfg.stage_dir("stage1")
+    out = cfg.layout.stage("stage1")
     before = load_checkpoint(out / "checkpoints/last.pt")
     first_rows = read_rows(out / "metrics.csv")
     assert before["epoch"] == 1 and len(first_rows) == 2
@@ -122,7 +122,7 @@ def test_worker_that_raises_is_restarted_by_ray(mini_root, tmp_path, ray_session
         fault={"raise_at_epoch": 1, "rank": 1},
     )
     results = fit(cfg, "stage1")
-    out = cfg.with_absolute_paths().stage_dir("stage1")
+    out = cfg.with_absolute_paths().layout.stage("stage1")
     assert (out / ".fault_injected").exists()
     assert [int(r["epoch"]) for r in read_rows(out / "metrics.csv")] == [0, 1, 2]
     assert results["epochs"] == 3

@@ -12,10 +12,11 @@ from PIL import Image
 
 from lnr_dist.core.storage import flip_table_sha256, load_flip_table
 from lnr_dist.data.manifest import Manifest
+from lnr_dist.experiment import ThresholdPolicy
 from lnr_dist.infer.inference import run_inference
 from lnr_dist.models.checkpoint import load_checkpoint
 from lnr_dist.models.losses import smoothing_per_class
-from lnr_dist.stage2.flip_sources import stage2_flips
+from lnr_dist.stage2.registry import stage2_flips
 from lnr_dist.train.recipes import build_recipe
 from lnr_dist.train.trainer import fit, load_splits
 from lnr_dist.tune.sweep import run_sweep
@@ -67,13 +68,13 @@ def test_random_flips_as_many_as_lnr_toward_rarer_classes(lnr_run):
 
     labels, manifest = labels_and_manifest(lnr_run)
     lnr, _ = stage2_flips(lnr_run, labels)
-    random, report = stage2_flips(replace(lnr_run, stage2=replace(lnr_run.stage2, method="random")), labels)
-    assert len(random) == len(lnr) == report["num_flips"]
+    random, used = stage2_flips(replace(lnr_run, stage2=replace(lnr_run.stage2, method="random")), labels)
+    assert len(random) == len(lnr) and used == 1.0  # the inference job's threshold (policy infer)
     assert not np.array_equal(random.index, lnr.index)
     counts = manifest.class_counts
     assert np.all(counts[random.target] < counts[random.source])
-    none, report = stage2_flips(replace(lnr_run, stage2=replace(lnr_run.stage2, method="mislas")), labels)
-    assert none is None and report["num_flips"] == 0
+    none, used = stage2_flips(replace(lnr_run, stage2=replace(lnr_run.stage2, method="mislas")), labels)
+    assert none is None and used is None
 
 
 def test_stage2_on_ray_records_the_flip_table_it_trained_on(lnr_run):
@@ -81,7 +82,7 @@ def test_stage2_on_ray_records_the_flip_table_it_trained_on(lnr_run):
     table = load_flip_table(lnr_run.run_dir + "/infer/flips.npz")
     assert results["flips"]["num_flips"] == len(table)
     assert results["flips"]["flips_sha256"] == flip_table_sha256(table)
-    state = load_checkpoint(lnr_run.stage_dir("stage2") / "checkpoints" / "best.pt")
+    state = load_checkpoint(lnr_run.layout.stage("stage2") / "checkpoints" / "best.pt")
     assert state["results_extra"]["flips"]["flips_sha256"] == flip_table_sha256(table)
     assert results["test"]["top1"] > 20 and results["temperature"] > 0
     assert {"ece", "nll"} <= set(results["test_calibrated"])
@@ -112,9 +113,9 @@ def test_stage2_can_use_the_tuned_threshold(lnr_run):
 
     chosen = json.loads(Path(lnr_run.run_dir + "/tune/chosen_threshold.json").read_text())
     labels, _ = labels_and_manifest(lnr_run)
-    tuned = replace(lnr_run, stage2=replace(lnr_run.stage2, threshold="tuned"))
-    table, report = stage2_flips(tuned, labels)
-    assert report["threshold"] == chosen["threshold"] and len(table) == chosen["chosen"]["num_flips"]
+    tuned = replace(lnr_run, stage2=replace(lnr_run.stage2, threshold=ThresholdPolicy("tuned")))
+    table, used = stage2_flips(tuned, labels)
+    assert used == chosen["threshold"] and len(table) == chosen["chosen"]["num_flips"]
 
 
 def test_sweep_with_ray_train_per_trial_when_bn_is_shifted(lnr_run):
@@ -127,7 +128,7 @@ def test_sweep_with_ray_train_per_trial_when_bn_is_shifted(lnr_run):
         ray=replace(lnr_run.ray, num_workers=1),
     )
     report = run_sweep(cfg)
-    assert report["cached_features"] is False
+    assert report["backend"] == "images"
     out = Path(lnr_run.run_dir) / "tune"
     assert (out / "trial_t1" / "metrics.csv").is_file() and (out / "trial_t2.5" / "metrics.csv").is_file()
     assert (
@@ -165,10 +166,10 @@ def test_another_method_in_the_same_folder_is_refused_not_resumed(lnr_run):
 
     from lnr_dist.core.errors import UserError
 
-    assert (lnr_run.stage_dir("stage2") / "checkpoints" / "last.pt").is_file()
+    assert (lnr_run.layout.stage("stage2") / "checkpoints" / "last.pt").is_file()
     mislas = replace(lnr_run, stage2=replace(lnr_run.stage2, method="mislas"))
     with pytest.raises(UserError, match=r"stage2.method.*differ.*Use another run_dir"):
         fit(mislas, "stage2")
-    other_threshold = replace(lnr_run, stage2=replace(lnr_run.stage2, threshold=2.5))
+    other_threshold = replace(lnr_run, stage2=replace(lnr_run.stage2, threshold=ThresholdPolicy.fixed(2.5)))
     with pytest.raises(UserError, match="stage2.threshold, the flip table differ"):
         fit(other_threshold, "stage2")

@@ -1,0 +1,117 @@
+"""Every path of a run folder, in one place: jobs, the sweep, reproduce and launch ask a `RunLayout` for a path
+instead of joining strings (a renamed file or folder is one edit here).
+
+A run folder (`run_dir`) holds one backbone's pipeline:
+
+    <run_dir>/stage1/        checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz, config.yaml
+    <run_dir>/infer/         flips.npz, summary.json, predictions.npy, labels.npy, candidates.npz
+    <run_dir>/tune/          sweep.csv, sweep.md, sweep.png, chosen_threshold.json, trial_t<t>/, chosen/
+    <run_dir>/features/      {train,val,test}.npy, meta.json
+    <run_dir>/stage2/        like stage1/ (the stage-2 job's default output)
+    <run_dir>/ray/           Ray Train / Tune storage (worker logs, trial folders)
+    <run_dir>/slurm/         logs/ (submitit), ray-<job id>/ (an allocation's Ray head address)
+
+`lnr-dist reproduce` writes one run folder per seed and per backbone below its root:
+
+    <root>/seed<k>/          the default backbone's run folder (above), plus methods/<name>/ and steps/
+    <root>/seed<k>/<name>/   another backbone's run folder (e.g. ce/: stage 1 without mixup)
+    <root>/results.md, results.csv, results_per_seed.csv, comparisons.csv, figures/, reproduce_config.yaml
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run folder. `root` is `run_dir` as the config gives it (made absolute by the caller
+    where workers or SLURM tasks read it: ExperimentConfig.with_absolute_paths)."""
+
+    root: Path
+
+    def stage(self, stage: str) -> Path:
+        """A training job's folder: `stage1` or `stage2`."""
+        return self.root / stage
+
+    def checkpoint(self, stage: str, which: str = "best") -> Path:
+        return self.stage(stage) / "checkpoints" / f"{which}.pt"
+
+    def backbone_checkpoint(self, override: str | None = None) -> Path:
+        """The stage-1 model that inference, cached features and stage 2 start from: `override`
+        (infer.checkpoint / stage2.checkpoint) when set, else this run's stage-1 best checkpoint."""
+        return Path(override) if override else self.checkpoint("stage1")
+
+    # inference (infer/)
+    @property
+    def infer(self) -> Path:
+        return self.root / "infer"
+
+    def infer_file(self, name: str) -> Path:
+        """flips.npz, summary.json, predictions.npy, labels.npy or candidates.npz."""
+        return self.infer / name
+
+    # the threshold sweep (tune/)
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def chosen_threshold(self) -> Path:
+        return self.tune / "chosen_threshold.json"
+
+    def tune_trial(self, threshold: float) -> Path:
+        """A sweep trial's stage-2 folder (trials on images)."""
+        return self.tune / f"trial_t{threshold:g}"
+
+    @property
+    def tune_chosen(self) -> Path:
+        """The chosen threshold's stage-2 folder (trials on images), evaluated once on test."""
+        return self.tune / "chosen"
+
+    # cached stage-1 features (features/)
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    def feature_file(self, split: str) -> Path:
+        return self.features / f"{split}.npy"
+
+    # Ray and SLURM
+    @property
+    def ray(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def slurm_logs(self) -> Path:
+        return self.root / "slurm" / "logs"
+
+    def slurm_share(self, job_id: str) -> Path:
+        """Where an allocation's head publishes the Ray address for the other tasks."""
+        return self.root / "slurm" / f"ray-{job_id}"
+
+    # reproduce: the root's seeds, and a seed folder's methods, steps and other backbones
+    def seed(self, seed: int) -> RunLayout:
+        return RunLayout(self.root / f"seed{seed}")
+
+    def backbone(self, folder: str) -> RunLayout:
+        """Another backbone's run folder inside this one ('' = this one)."""
+        return RunLayout(self.root / folder) if folder else self
+
+    def method(self, name: str) -> Path:
+        return self.root / "methods" / name
+
+    @property
+    def steps(self) -> Path:
+        return self.root / "steps"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    def report_file(self, name: str) -> Path:
+        """results.md, results.csv, results_per_seed.csv, comparisons.csv, reproduce_config.yaml."""
+        return self.root / name

@@ -1,0 +1,56 @@
+"""The `features` backend of stage 2: a registered method trained on cached stage-1 features in-process and
+evaluated like every method, into one folder (results.json, test_logits.npz) — what `lnr-dist stage2`,
+`reproduce` and the sweep's chosen threshold run when stage2.backend resolves to features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core import config as config_lib
+from ..core import storage
+from ..experiment import ExperimentConfig
+from ..stage2.flip_sources import flip_report
+from ..stage2.oversample import NotApplicable
+from ..stage2.registry import method_of, stage2_flips
+from ..train.trainer import write_test_logits
+from .cache import head_inputs
+from .heads import evaluate_logits, train_head
+
+
+def run_on_features(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
+    """Train cfg.stage2.method's head on cached features (extracted first when missing), pick the epoch on
+    validation, evaluate on test once, and write `folder`/results.json, test_logits.npz and config.yaml. A
+    method whose `resample` step cannot run on the data writes {"not_applicable": why} (a table's n/a)."""
+    cfg = cfg.with_absolute_paths()
+    method = method_of(cfg)
+    config_lib.save_resolved(cfg, folder)
+    inputs = head_inputs(cfg)
+    features, labels, manifest = inputs.features, inputs.labels, inputs.manifest
+    train_x, train_y, flips, extra = features["train"], labels["train"], None, {}
+    if method.resample is not None:
+        try:
+            train_x, train_y = method.resample(features["train"], labels["train"], cfg.seed)
+        except NotApplicable as exc:
+            results = {"method": method.name, "not_applicable": str(exc)}
+            storage.write_json(folder / "results.json", results)
+            return results
+        extra["train_samples"] = {"before": int(labels["train"].size), "after": int(train_y.size)}
+    else:
+        flips, threshold = stage2_flips(cfg, labels["train"])
+        extra["flips"] = flip_report(method.name, flips, threshold)
+    result = train_head(cfg.stage2, method, cfg.stage2.epochs, manifest, {**features, "train": train_x},
+                        {**labels, "train": train_y}, inputs.classifier, flips, cfg.seed, cfg.tune.objective)  # fmt: skip
+    with torch.no_grad():
+        val_logits, test_logits = (result.head(torch.from_numpy(features[s])) for s in ("val", "test"))
+    evaluation = evaluate_logits(val_logits, test_logits, labels, manifest)
+    results = {"method": method.name, "trained_on": "cached features", "best_epoch": result.best_epoch,
+               "val": result.best, **evaluation, **extra, "manifest": manifest.to_dict()}  # fmt: skip
+    # feature rows are dataset indices of the split (features/cache.py)
+    write_test_logits(folder, test_logits.numpy(), labels["test"], np.arange(labels["test"].size),
+                      evaluation["temperature"])  # fmt: skip
+    storage.write_json(folder / "results.json", results)
+    return results

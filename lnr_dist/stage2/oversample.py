@@ -1,0 +1,46 @@
+"""Oversampling of cached features to balanced classes with imbalanced-learn (the `resample` step of the smote
+and adasyn methods, and of the binary task's comparison)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class NotApplicable(RuntimeError):
+    """The method cannot run on this data (reported as n/a in the tables, not as a failure)."""
+
+
+def oversample(
+    features: np.ndarray, labels: np.ndarray, kind: str, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced (features (M, D) float32, labels (M,) int64) from (N, D) features and (N,) labels: SMOTE
+    (Chawla et al., JAIR 2002) or ADASYN (He et al., IJCNN 2008) with k = min(5, smallest class - 1)
+    neighbours. A class with a single sample has no neighbour to interpolate with: that sample is duplicated
+    first (so it is repeated). Raises NotApplicable when ADASYN finds no minority sample to synthesise from."""
+    from imblearn.over_sampling import ADASYN, SMOTE
+
+    counts = np.bincount(labels)
+    single = np.flatnonzero(counts == 1)
+    if single.size:
+        rows = np.flatnonzero(np.isin(labels, single))
+        features, labels = np.concatenate([features, features[rows]]), np.concatenate([labels, labels[rows]])
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    k = min(5, smallest - 1)
+    sampler = (
+        SMOTE(k_neighbors=k, random_state=seed)
+        if kind == "smote"
+        else ADASYN(n_neighbors=k, random_state=seed)
+    )
+    try:
+        x, y = sampler.fit_resample(features.astype(np.float64), labels)
+    except RuntimeError as exc:  # ADASYN: no minority sample has a neighbour of another class
+        raise NotApplicable(f"{kind} is not applicable to these features ({str(exc).split('.')[0]})") from exc
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def smote(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return oversample(features, labels, "smote", seed)
+
+
+def adasyn(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return oversample(features, labels, "adasyn", seed)

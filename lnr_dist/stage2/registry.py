@@ -1,0 +1,227 @@
+"""The one home of stage-2 methods: `STAGE2_METHODS = {name: Stage2Method}`. Every other module looks a method
+up here (`method_of(cfg)`); none switches on a method's name.
+
+A method declares what it trains on and how:
+
+- `labels`: its label policy (flip_sources.py): the original labels, LNR's flips, random flips matched to LNR's
+  count, or a method-specific `LabelPolicy`;
+- `threshold`: none (no threshold), fixed (the run's stage2.threshold as configured) or tuned (`reproduce` runs
+  it at the sweep's choice, and `lnr-dist tune` can sweep it);
+- `backends`: images (the stage-2 job on Ray Train) and/or features (a head on cached stage-1 features);
+- `loss` (a factory: (Stage2Config, Manifest) -> module(logits (B, C) float, targets (B,) int64) -> scalar),
+  `sampler` and `lws` (the head: classifier + learnable weight scaling), `resample` (cached features only:
+  e.g. SMOTE);
+- `stage1`: the backbone it starts from (a `Backbone`: the stage-1 recipe and its run folder), and `retrain`:
+  False for a method whose result is that stage-1 model itself (ce, mixup).
+
+A user's method is a module named in `stage2.plugins` that calls `register(Stage2Method(...))` when imported;
+`method_of` imports the plugins first, so the driver, every Ray worker and every SLURM task sees the same
+registry. The module must be importable there (installed, or its folder on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+from torch import nn
+
+from ..core.errors import UserError
+from ..data.manifest import Manifest
+from ..experiment import ExperimentConfig, Stage2Config, ThresholdPolicy, TrainConfig
+from ..lnr import FlipTable
+from ..models.losses import LabelAwareSmoothing, smoothing_per_class
+from .flip_sources import LNR_FLIPS, ORIGINAL_LABELS, RANDOM_FLIPS, LabelContext, LabelPolicy, tuned_threshold
+from .oversample import adasyn, smote
+
+Backend = Literal["images", "features"]
+BACKENDS: tuple[Backend, ...] = ("images", "features")
+LossFactory = Callable[[Stage2Config, Manifest], nn.Module]
+Resample = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def label_aware_smoothing(s2: Stage2Config, manifest: Manifest) -> nn.Module:
+    """MiSLAS's label-aware smoothing (Zhong et al., CVPR 2021, eq. 4): smoothing from smooth_tail (rarest
+    class) to smooth_head (largest) along smooth_profile."""
+    return LabelAwareSmoothing(
+        smoothing_per_class(manifest.class_counts, s2.smooth_head, s2.smooth_tail, s2.smooth_profile)
+    )
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A stage-1 recipe a method can start from: `stage1` maps the config's stage1 section to this backbone's,
+    and its run folder is `folder` inside the seed's (empty: the seed folder itself)."""
+
+    name: str
+    folder: str
+    stage1: Callable[[TrainConfig], TrainConfig]
+    description: str
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in (
+        Backbone("mixup", "", lambda t: t, "stage 1 as configured (mixup: LNR's backbone)"),
+        Backbone("ce", "ce", lambda t: replace(t, mixup_alpha=0.0), "stage 1 with plain cross-entropy"),
+    )
+}
+
+
+def backbone_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
+    """The config whose run folder holds backbone `name`'s pipeline (stage 1, inference, sweep, features)."""
+    backbone = BACKBONES[name]
+    return replace(
+        cfg, run_dir=str(cfg.layout.backbone(backbone.folder).root), stage1=backbone.stage1(cfg.stage1)
+    )
+
+
+@dataclass(frozen=True)
+class Stage2Method:
+    """One entry of the registry (see the module docstring)."""
+
+    name: str
+    description: str
+    labels: LabelPolicy = ORIGINAL_LABELS
+    threshold: Literal["none", "fixed", "tuned"] = "none"
+    backends: tuple[Backend, ...] = BACKENDS
+    loss: LossFactory = label_aware_smoothing
+    sampler: Literal["config", "balanced", "instance"] = "config"  # config: stage2.balanced_sampling
+    lws: bool | None = None  # None: stage2.lws
+    resample: Resample | None = None
+    stage1: str = "mixup"
+    retrain: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stage1 not in BACKBONES:
+            raise ValueError(
+                f"method {self.name}: unknown stage1 backbone {self.stage1!r}; valid: {', '.join(BACKBONES)}"
+            )
+        if self.retrain and (not self.backends or not set(self.backends) <= set(BACKENDS)):
+            raise ValueError(f"method {self.name}: backends must be a non-empty subset of {BACKENDS}")
+        if self.resample is not None and self.backends != ("features",):
+            raise ValueError(
+                f"method {self.name}: resample works on cached features: backends must be ('features',)"
+            )
+
+    def balanced(self, s2: Stage2Config) -> bool:
+        return s2.balanced_sampling if self.sampler == "config" else self.sampler == "balanced"
+
+    def uses_lws(self, s2: Stage2Config) -> bool:
+        return s2.lws if self.lws is None else self.lws
+
+    def backend(self, s2: Stage2Config, purpose: Literal["run", "sweep"] = "run") -> Backend:
+        """Where this method trains. An explicit stage2.backend it supports wins; auto is cached features for the
+        sweep's trials when no BN shift is asked for, images for a method's own run; a method with one
+        backend runs on it."""
+        if s2.backend != "auto" and s2.backend in self.backends:
+            return s2.backend
+        if len(self.backends) == 1:
+            return self.backends[0]
+        if purpose == "sweep":
+            return "images" if s2.shift_bn else "features"
+        return "images"
+
+    def run_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """The config `reproduce` runs this method with: stage2.method set to it, and for a tuned method the
+        sweep's threshold (policy tuned); written as the method folder's config.yaml."""
+        stage2 = replace(cfg.stage2, method=self.name)
+        if self.threshold == "tuned":
+            stage2 = replace(stage2, threshold=ThresholdPolicy("tuned"))
+        return replace(backbone_config(cfg, self.stage1), stage2=stage2)
+
+
+STAGE2_METHODS: dict[str, Stage2Method] = {}
+
+
+def register(method: Stage2Method, replace_existing: bool = False) -> Stage2Method:
+    """Add `method` to the registry (a plugin module calls this when imported). Raises ValueError when the name
+    is taken, unless `replace_existing`."""
+    known = STAGE2_METHODS.get(method.name)
+    if known is not None and known != method and not replace_existing:
+        raise ValueError(f"stage-2 method {method.name!r} is registered already")
+    STAGE2_METHODS[method.name] = method
+    return method
+
+
+def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
+    """Import each module of stage2.plugins (once per process; they register their methods). Raises UserError
+    naming the module when it cannot be imported."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise UserError(
+                f"stage2.plugins: cannot import {name!r} ({exc}): it must be importable here and on every Ray "
+                "worker and SLURM node (install it, or put its folder on PYTHONPATH)"
+            ) from None
+        except Exception as exc:
+            raise UserError(
+                f"stage2.plugins: importing {name!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def get_method(name: str, key: str = "stage2.method") -> Stage2Method:
+    """The registered method `name`; UserError listing the valid names otherwise."""
+    if name not in STAGE2_METHODS:
+        raise UserError(f"{key}: unknown method {name!r}; valid: {', '.join(STAGE2_METHODS)}")
+    return STAGE2_METHODS[name]
+
+
+def method_of(cfg: ExperimentConfig) -> Stage2Method:
+    """cfg.stage2.method, after importing cfg.stage2.plugins."""
+    load_plugins(cfg.stage2.plugins)
+    return get_method(cfg.stage2.method)
+
+
+def reproduce_methods(cfg: ExperimentConfig) -> list[Stage2Method]:
+    """The methods `reproduce` runs (reproduce.methods; empty = all registered), after the plugins are imported,
+    with reproduce.baselines checked too. Raises UserError naming the key and listing the valid names."""
+    method_of(cfg)
+    for name in cfg.reproduce.baselines:
+        get_method(name, "reproduce.baselines")
+    return [get_method(n, "reproduce.methods") for n in cfg.reproduce.methods or tuple(STAGE2_METHODS)]
+
+
+def stage2_threshold(cfg: ExperimentConfig) -> float | None:
+    """The threshold cfg.stage2.threshold gives (None: the inference job's own flips)."""
+    policy = cfg.stage2.threshold
+    if policy.policy == "tuned":
+        return tuned_threshold(cfg.layout)
+    return policy.value
+
+
+def flips_at(
+    cfg: ExperimentConfig, train_labels: np.ndarray, threshold: float | None
+) -> tuple[FlipTable | None, float | None]:
+    """The flip table cfg.stage2.method trains on at `threshold` (None: the inference job's own flips; ignored by
+    a method without a threshold) and the threshold it was made at. train_labels: (N,) int64, row i = dataset
+    index i."""
+    method = method_of(cfg)
+    used = None if method.threshold == "none" else threshold
+    return method.labels.flips(LabelContext(cfg, train_labels, used))
+
+
+def stage2_flips(cfg: ExperimentConfig, train_labels: np.ndarray) -> tuple[FlipTable | None, float | None]:
+    """flips_at the threshold of the run's policy (stage2.threshold)."""
+    uses_threshold = method_of(cfg).threshold != "none"
+    return flips_at(cfg, train_labels, stage2_threshold(cfg) if uses_threshold else None)
+
+
+for _method in (
+    Stage2Method("ce", "stage 1 with plain cross-entropy", stage1="ce", retrain=False, backends=()),
+    Stage2Method("mixup", "stage 1 with mixup (LNR's backbone)", retrain=False, backends=()),
+    Stage2Method("mislas", "MiSLAS stage 2 (LAS, LWS, balanced), no flips"),
+    Stage2Method("lnr", "stage 2 on LNR flips at the tuned threshold", LNR_FLIPS, "tuned"),
+    Stage2Method("random", "stage 2 on as many random flips as LNR", RANDOM_FLIPS, "tuned"),
+    Stage2Method(
+        "smote", "SMOTE on stage-1 features", backends=("features",), sampler="instance", resample=smote
+    ),
+    Stage2Method(
+        "adasyn", "ADASYN on stage-1 features", backends=("features",), sampler="instance", resample=adasyn
+    ),
+):
+    register(_method)
