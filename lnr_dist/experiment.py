@@ -303,7 +303,6 @@ class ReproduceConfig:
     baselines: tuple[str, ...] = ("mislas", "random", "ce")
     bootstrap: int = 1000
     published: str | None = None
-    stage2_on: Literal["trainer", "features"] = "trainer"
     binary: BinaryConfig = field(default_factory=BinaryConfig)
 
     def __post_init__(self) -> None:

@@ -43,7 +43,8 @@ def run_on_features(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
         flips, threshold = stage2_flips(cfg, labels["train"])
         extra["flips"] = flip_report(method.name, flips, threshold)
     result = train_head(cfg.stage2, method, cfg.stage2.epochs, manifest, {**features, "train": train_x},
-                        {**labels, "train": train_y}, inputs.classifier, flips, cfg.seed, cfg.tune.objective)  # fmt: skip
+                        {**labels, "train": train_y}, inputs.classifier, flips, cfg.seed,
+                        cfg.tune.objective)  # fmt: skip
     with torch.no_grad():
         val_logits, test_logits = (result.head(torch.from_numpy(features[s])) for s in ("val", "test"))
     evaluation = evaluate_logits(val_logits, test_logits, labels, manifest)

@@ -60,8 +60,8 @@ def head_trial(config: dict[str, Any]) -> None:
                      "best_objective": best["value"], **storage.finite({f"val_{k}": v for k, v in metrics.items()})})  # fmt: skip
 
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
-    train_head(cfg.stage2, method_of(cfg), _epochs(cfg), inputs.manifest, inputs.features, inputs.labels, inputs.classifier,
-               table, cfg.seed, objective, report)  # fmt: skip
+    train_head(cfg.stage2, method_of(cfg), _epochs(cfg), inputs.manifest, inputs.features, inputs.labels,
+               inputs.classifier, table, cfg.seed, objective, report)  # fmt: skip
 
 
 def trainer_trial(config: dict[str, Any]) -> None:
@@ -70,8 +70,8 @@ def trainer_trial(config: dict[str, Any]) -> None:
 
     cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
     threshold = float(config["threshold"])
-    stage2 = replace(cfg.stage2, threshold=ThresholdPolicy.fixed(threshold), evaluate_test=False, epochs=_epochs(cfg),
-                     checkpoint=str(stage1_checkpoint(cfg)))  # fmt: skip
+    stage2 = replace(cfg.stage2, threshold=ThresholdPolicy.fixed(threshold), evaluate_test=False,
+                     epochs=_epochs(cfg), checkpoint=str(stage1_checkpoint(cfg)))  # fmt: skip
     out = cfg.layout.tune_trial(threshold)
     # a trial always runs its whole schedule from the start: a folder an earlier (interrupted) sweep left would be
     # resumed and report only its remaining epochs, which the sweep would take for an early stop
@@ -136,8 +136,9 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
     tuner = tune.Tuner(
         tune.with_resources(head_trial if cached else trainer_trial, resources),
         param_space={"experiment": config_lib.to_dict(cfg), "threshold": space},
-        tune_config=tune.TuneConfig(metric="objective" if cached else f"val_{cfg.tune.objective}", mode="max", num_samples=num_samples, scheduler=scheduler,
-                                    max_concurrent_trials=concurrent, reuse_actors=cached),
+        tune_config=tune.TuneConfig(metric="objective" if cached else f"val_{cfg.tune.objective}", mode="max",
+                                    num_samples=num_samples, scheduler=scheduler, max_concurrent_trials=concurrent,
+                                    reuse_actors=cached),
         run_config=tune.RunConfig(name="tune", storage_path=str(cfg.layout.ray), verbose=0),
     )  # fmt: skip
     grid = tuner.fit()
