@@ -1,9 +1,10 @@
 """Threshold sweep throughput on the mini set: thresholds evaluated per minute with and without cached features.
 
 Run: .venv/bin/python benchmarks/bench_tune.py [--cached 12] [--uncached 2] [--epochs 10]
-Sets up a run folder (mini set, a short stage 1, the inference job), then times two real Ray Tune sweeps: one on
-cached stage-1 features (feature extraction timed apart: it happens once per checkpoint) and one where each trial
-runs stage 2 on Ray Train (as with stage2.shift_bn). Each sweep's time includes the final test evaluation of its
+Sets up a run folder (mini set, a short stage 1, the inference job), then times two real Ray Tune sweeps of the lnr
+method with stage2.backend auto: one on cached stage-1 features (auto's choice without stage2.shift_bn; feature
+extraction timed apart: it happens once per checkpoint) and one where each trial runs stage 2 on Ray Train (auto's
+choice with stage2.shift_bn, as stage2.backend=images). Each sweep's time includes the final test evaluation of its
 chosen threshold. Last line: thresholds_per_min=<x> for the cached sweep.
 """
 

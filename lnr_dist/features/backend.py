@@ -1,6 +1,7 @@
 """The `features` backend of stage 2: a registered method trained on cached stage-1 features in-process and
-evaluated like every method, into one folder (results.json, test_logits.npz) — what `lnr-dist stage2`,
-`reproduce` and the sweep's chosen threshold run when stage2.backend resolves to features."""
+evaluated like every method, into one folder (results.json, test_logits.npz) — what `lnr-dist stage2` and
+`reproduce` run when the method's backend resolves to features. (The sweep's trials and its chosen threshold train
+the same head, heads.train_head, without writing such a folder.)"""
 
 from __future__ import annotations
 

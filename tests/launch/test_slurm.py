@@ -16,7 +16,7 @@ import pytest
 from lnr_dist.cli import main
 from lnr_dist.core import config as config_lib
 from lnr_dist.core.errors import UserError
-from lnr_dist.experiment import FaultConfig
+from lnr_dist.experiment import FaultConfig, ThresholdPolicy
 from lnr_dist.launch.submit import ACTIVE, PIPELINE, JobFailed, LaunchOptions, launch, queue_state, wait_for
 from tests.conftest import mini_experiment
 from tests.infer.test_infer_ray import flips_bytes_from
@@ -59,6 +59,9 @@ def test_bad_input_fails_before_anything_is_submitted(slurm_cluster, mini_root, 
         launch("stage1", bad, LaunchOptions(cluster="slurm"))
     with pytest.raises(UserError, match="stage1 first"):
         launch("infer", cfg, LaunchOptions(cluster="slurm"))
+    # a pipeline at the default threshold policy (infer) would run the sweep for nothing
+    with pytest.raises(UserError, match="stage2.threshold.policy is infer"):
+        launch("pipeline", cfg, LaunchOptions(cluster="slurm"))
     assert slurm("squeue", "-h", "-o", "%i").strip() == ""
 
 
@@ -69,7 +72,8 @@ def test_pipeline_runs_to_the_end_with_dependencies_and_the_sbatch_template(
         mini_root, tmp_path / "run", stage1={"epochs": 1, "warmup_epochs": 0},
         infer={"threshold": 2.0, "candidates_t_min": 1.0},
         tune={"thresholds": (1.0, 2.0), "cpus_per_trial": 0.5},
-        stage2={"epochs": 1, "batch_size": 32, "eval_batch_size": 128, "lr": 0.05},
+        stage2={"epochs": 1, "batch_size": 32, "eval_batch_size": 128, "lr": 0.05,
+                "threshold": ThresholdPolicy("tuned")},  # the pipeline refuses policy infer
     )  # fmt: skip
     submitted = launch("pipeline", cfg, LaunchOptions(cluster="slurm"))
     assert [item.name for item in submitted] == list(PIPELINE)
@@ -95,7 +99,7 @@ def test_pipeline_runs_to_the_end_with_dependencies_and_the_sbatch_template(
     env = {**os.environ, "LNR_PYTHON": sys.executable, "LNR_DIST_HOME": str(REPO)}
     job_id = subprocess.run(
         ["sbatch", "--parsable", "--wait", f"--output={tmp_path}/sbatch-%j.out", str(REPO / "cluster" / "sbatch" /
-         "stage2_lnr.sbatch"), str(config_file), "stage2.threshold=tuned"],
+         "stage2_lnr.sbatch"), str(config_file), "stage2.threshold.policy=tuned"],
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )  # fmt: skip
     output = next(tmp_path.glob("sbatch-*.out")).read_text()
