@@ -13,7 +13,7 @@ A run folder (`run_dir`) holds one backbone's pipeline:
 
 `lnr-dist reproduce` writes one run folder per seed and per backbone below its root:
 
-    <root>/seed<k>/          the default backbone's run folder (above), plus methods/<name>/ and steps/
+    <root>/seed<k>/          the default backbone's run folder (above), plus methods/<name>/, binary/ and steps/
     <root>/seed<k>/<name>/   another backbone's run folder (e.g. ce/: stage 1 without mixup)
     <root>/results.md, results.csv, results_per_seed.csv, comparisons.csv, figures/, reproduce_config.yaml
 """
@@ -36,6 +36,18 @@ class RunLayout:
     def stage(self, stage: str) -> Path:
         """A training job's folder: `stage1` or `stage2`."""
         return self.root / stage
+
+    # what a job writes in its own folder, wherever that folder is (a stage folder, methods/<name>/, tune/chosen/,
+    # the folder given as a job's `out`, the flips job's `out`)
+    @staticmethod
+    def results(folder: Path) -> Path:
+        """results.json of a training job (stage 1, stage 2, a head on cached features) in its folder."""
+        return Path(folder) / "results.json"
+
+    @staticmethod
+    def summary(folder: Path) -> Path:
+        """summary.json of the inference or flips job in its folder."""
+        return Path(folder) / "summary.json"
 
     def checkpoint(self, stage: str, which: str = "best") -> Path:
         return self.stage(stage) / "checkpoints" / f"{which}.pt"
@@ -62,6 +74,11 @@ class RunLayout:
     @property
     def chosen_threshold(self) -> Path:
         return self.tune / "chosen_threshold.json"
+
+    @property
+    def sweep_csv(self) -> Path:
+        """One line per trial threshold (tune/sweep.py SWEEP_FIELDS)."""
+        return self.tune / "sweep.csv"
 
     def tune_trial(self, threshold: float) -> Path:
         """A sweep trial's stage-2 folder (trials on images)."""
@@ -101,8 +118,18 @@ class RunLayout:
         """Another backbone's run folder inside this one ('' = this one)."""
         return RunLayout(self.root / folder) if folder else self
 
+    @property
+    def methods(self) -> Path:
+        """A seed folder's stage-2 methods, one folder each."""
+        return self.root / "methods"
+
     def method(self, name: str) -> Path:
-        return self.root / "methods" / name
+        return self.methods / name
+
+    @property
+    def binary_results(self) -> Path:
+        """A seed folder's binary task (reproduce.binary)."""
+        return self.root / "binary" / "results.json"
 
     @property
     def steps(self) -> Path:
