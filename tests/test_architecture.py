@@ -23,7 +23,7 @@ FLOORS = {
     "models": 2,
     "experiment": 3,  # ExperimentConfig: the sections of data/ and models/ plus the jobs'
     "runtime": 4,  # Ray cluster and worker groups, shared rows, deliberate faults
-    "stage2": 5,  # what stage 2 trains on (flip tables); read by the trainer's recipes
+    "stage2": 5,  # the stage-2 method registry, label policies and flip tables; read by the trainer's recipes
     "train": 6,
     "infer": 6,
     "features": 7,  # the cached-features backend: features once per checkpoint, heads on them
@@ -130,7 +130,7 @@ def test_no_module_imports_from_a_higher_floor():
         ("lnr_dist/data/cifar.py", "from .. import experiment\n", True),
         (
             "lnr_dist/train/engine.py",
-            "from ..stage2.flip_sources import stage2_flips\nfrom . import metrics\n",
+            "from ..stage2.registry import stage2_flips\nfrom . import metrics\n",
             False,
         ),
     ],

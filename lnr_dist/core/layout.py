@@ -97,6 +97,11 @@ class RunLayout:
     def feature_file(self, split: str) -> Path:
         return self.features / f"{split}.npy"
 
+    @property
+    def features_meta(self) -> Path:
+        """The sha256 of the checkpoint the cached features came from (a new checkpoint invalidates them)."""
+        return self.features / "meta.json"
+
     # Ray and SLURM
     @property
     def ray(self) -> Path:

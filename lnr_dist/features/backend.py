@@ -13,6 +13,7 @@ import torch
 
 from ..core import config as config_lib
 from ..core import storage
+from ..core.errors import UserError
 from ..experiment import ExperimentConfig
 from ..stage2.flip_sources import flip_report
 from ..stage2.oversample import NotApplicable
@@ -28,6 +29,9 @@ def run_on_features(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
     method whose `resample` step cannot run on the data writes {"not_applicable": why} (a table's n/a)."""
     cfg = cfg.with_absolute_paths()
     method = method_of(cfg)
+    if (folder / "checkpoints").is_dir():  # a run on images: its results.json belongs to its checkpoints
+        raise UserError(f"{folder} holds a stage-2 run on images (checkpoints/): a run on cached features would "
+                        "overwrite its results; use another run_dir (or out folder)")  # fmt: skip
     config_lib.save_resolved(cfg, folder)
     inputs = head_inputs(cfg)
     features, labels, manifest = inputs.features, inputs.labels, inputs.manifest

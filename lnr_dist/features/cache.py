@@ -39,7 +39,7 @@ def cached_features(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
     cfg = cfg.with_absolute_paths()
     layout, checkpoint = cfg.layout, stage1_checkpoint(cfg)
     sha = storage.sha256_file(checkpoint) if checkpoint.is_file() else None
-    meta = layout.features / "meta.json"
+    meta = layout.features_meta
     if sha is None or not meta.is_file() or json.loads(meta.read_text()).get("checkpoint_sha256") != sha:
         # a missing or damaged checkpoint is one line here, before any worker starts (an unchanged one, whose
         # sha256 the cache recorded, loaded before)

@@ -139,10 +139,8 @@ def launch(job: str, cfg: ExperimentConfig, opts: LaunchOptions) -> list[Submitt
     # (features is a job too: `reproduce` submits it; on its own `launch` offers the four stages and pipeline)
     cfg = cfg.with_absolute_paths()
     steps = PIPELINE if job == "pipeline" else (job,)
-    if job == "pipeline" and cfg.stage2.threshold.policy == "infer":
-        raise UserError("launch pipeline runs the sweep before stage 2, but stage2.threshold.policy is infer (the "
-                        "inference job's flips): set stage2.threshold.policy=tuned to train on the sweep's choice, "
-                        "or fixed with stage2.threshold.value")  # fmt: skip
+    if job == "pipeline":
+        _check_pipeline(cfg)
     check_before_submit(steps[0], cfg)
     submitted: list[Submitted] = []
     for step in steps:
@@ -150,6 +148,21 @@ def launch(job: str, cfg: ExperimentConfig, opts: LaunchOptions) -> list[Submitt
             wait_for(submitted[-1])  # a local process has no dependencies: run the chain in order
         submitted.append(submit(step, cfg, opts, after=submitted[-1] if submitted else None))
     return submitted
+
+
+def _check_pipeline(cfg: ExperimentConfig) -> None:
+    """The pipeline ends with the sweep and stage 2: its method must have a threshold to tune, and stage 2 must
+    not silently ignore the sweep (policy infer trains on the inference job's flips)."""
+    from ..stage2.registry import method_of
+
+    method = method_of(cfg)
+    if method.threshold != "tuned":
+        raise UserError(f"launch pipeline runs the threshold sweep, but stage2.method {method.name!r} has no threshold "
+                        "to tune: launch stage1 and stage2 one by one, or pick a method with a tuned threshold")  # fmt: skip
+    if cfg.stage2.threshold.policy == "infer":
+        raise UserError("launch pipeline runs the sweep before stage 2, but stage2.threshold.policy is infer (the "
+                        "inference job's flips): set stage2.threshold.policy=tuned to train on the sweep's choice, "
+                        "or fixed with stage2.threshold.value")  # fmt: skip
 
 
 class JobFailed(RuntimeError):

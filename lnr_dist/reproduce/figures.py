@@ -172,7 +172,7 @@ def write_figures(
             path = out / "flip_matrix.png"
             flip_matrix_figure(table, manifest, threshold, outcomes[0].seed, path)
             written.append(path)
-    sweeps = [p for o in outcomes if (p := RunLayout(o.folder).tune / "sweep.csv").is_file()]
+    sweeps = [layout for o in outcomes if (layout := RunLayout(o.folder)).sweep_csv.is_file()]
     if sweeps:
         written.append(_sweep(sweeps, out / "threshold_sweep.png"))
     curves = [p for o in outcomes for b in BACKBONES.values()
@@ -352,27 +352,28 @@ def _two_panels(series: list[tuple[str, list[float], list[float], list[float]]],
     return path
 
 
-def _chosen(sweep_csv: Path) -> dict[str, Any]:
-    """The sweep's chosen_threshold.json beside sweep.csv ({} when missing or unreadable: nothing to mark)."""
+def _chosen(layout: RunLayout) -> dict[str, Any]:
+    """The sweep's chosen_threshold.json ({} when missing or unreadable: nothing to mark)."""
     try:
-        return json.loads((sweep_csv.parent / "chosen_threshold.json").read_text())
+        return json.loads(layout.chosen_threshold.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _sweep(files: list[Path], path: Path) -> Path:
-    chosen = [_chosen(file) for file in files]
-    tables = [sorted(_read_csv(file), key=lambda r: r["threshold"]) for file in files]
+def _sweep(layouts: list[RunLayout], path: Path) -> Path:
+    """The sweep curves of each seed's run folder, the chosen threshold marked."""
+    chosen = [_chosen(layout) for layout in layouts]
+    tables = [sorted(_read_csv(layout.sweep_csv), key=lambda r: r["threshold"]) for layout in layouts]
     # the sweep's own objective (tune.objective) when every seed names the same one and its sweep.csv has it
     named = {c.get("objective") for c in chosen}
     objective = named.pop() if len(named) == 1 else None
     if objective is None or not all(rows and objective in rows[0] for rows in tables):
         objective = "val_balanced_acc"
     series, marks = [], []
-    for file, rows, choice in zip(files, tables, chosen, strict=True):
+    for layout, rows, choice in zip(layouts, tables, chosen, strict=True):
         threshold = choice.get("threshold")
         marks.append(float(threshold) if isinstance(threshold, (int, float)) else None)
-        legend = file.parents[1].name + (f" (chosen {threshold:g})" if marks[-1] is not None else "")
+        legend = layout.root.name + (f" (chosen {threshold:g})" if marks[-1] is not None else "")
         series.append((legend, [r["threshold"] for r in rows], [r[objective] for r in rows],
                        [r["num_flips"] for r in rows]))  # fmt: skip
     labels = ("threshold", f"validation {objective.removeprefix('val_').replace('_', ' ')} (%)", "flips",

@@ -74,8 +74,8 @@ def run_seed(cfg: ExperimentConfig, execute) -> SeedOutcome:
 
         def binary_step() -> dict[str, Any]:
             result = run_binary(cfg, cfg.seed)
-            storage.write_json(run.layout.root / "binary" / "results.json", result)
-            return {"source": str(run.layout.root / "binary" / "results.json")}
+            storage.write_json(run.layout.binary_results, result)
+            return {"source": str(run.layout.binary_results)}
 
         record = steps.run(
             "binary", _hash(cfg, {"data"}, config_lib.to_dict(cfg.reproduce.binary)), binary_step

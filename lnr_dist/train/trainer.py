@@ -198,6 +198,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if ctx.world_size > 1:
         model = ray.train.torch.prepare_model(model, move_to_device=False)
     optimizer = build_optimizer(recipe.param_groups, train_cfg)
+    loss_fn = recipe.loss.to(
+        device
+    )  # a loss with buffers (label-aware smoothing's epsilon) on the model's device
     train_loader = build_loader(
         cfg.data, splits["train"], LoaderSpec.train(per_worker, cfg.seed, recipe.balanced_sampling), ctx
     )
@@ -225,7 +228,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         train_loader.set_epoch(epoch)
         rng = np.random.default_rng([cfg.seed, ctx.rank, epoch])
         stats = train_one_epoch(
-            model, train_loader, optimizer, scheduler, scaler, recipe.loss, device, epoch,
+            model, train_loader, optimizer, scheduler, scaler, loss_fn, device, epoch,
             mixup_alpha=train_cfg.mixup_alpha, label_map=recipe.label_map, rng=rng, amp=amp,
             channels_last=channels_last,
         )  # fmt: skip

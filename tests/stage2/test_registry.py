@@ -225,3 +225,32 @@ def test_the_switch_detector_finds_a_switch(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def f(m):\n    if m == 'lnr':\n        return 1\n    return m in ('smote', 'x')\n")
     assert _method_names_compared(sample) == ["sample.py:2", "sample.py:4"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ([], "stage2.threshold.policy is infer"),
+        (
+            ["stage2.method=mislas", "stage2.threshold.policy=tuned"],
+            "stage2.method 'mislas' has no threshold to tune",
+        ),
+    ],
+)
+def test_launch_pipeline_refuses_a_stage2_that_would_ignore_its_sweep(tmp_path, overrides, message):
+    from lnr_dist.launch.submit import LaunchOptions, launch
+
+    cfg = mini(f"run_dir={tmp_path}", *overrides)
+    with pytest.raises(UserError, match=message):
+        launch("pipeline", cfg, LaunchOptions(cluster="local"))
+    assert not (tmp_path / "slurm").exists()  # refused before anything was submitted
+
+
+def test_a_run_on_features_never_overwrites_a_run_on_images(tmp_path):
+    from lnr_dist.features.backend import run_on_features
+
+    folder = tmp_path / "stage2"
+    (folder / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"stage2 holds a stage-2 run on images .*use another run_dir"):
+        run_on_features(mini(f"run_dir={tmp_path}", "stage2.method=mislas"), folder)
+    assert list(folder.iterdir()) == [folder / "checkpoints"]
