@@ -15,6 +15,34 @@ from .models.network import ModelConfig
 
 
 @dataclass(frozen=True)
+class RangeLossConfig:
+    """`stage1.range_loss:` — range loss (Zhang et al., "Range Loss for Deep Face Recognition with Long-Tailed
+    Training Data", ICCV 2017) on the penultimate features, added to stage 1's loss with weight `beta`.
+
+    Distances are squared Euclidean, as in the paper's Eq. 3-4 and the source recipe (seed 002). Inter-class
+    term: max(margin - the smallest distance between two class centres of the batch, 0); intra-class term (with
+    `intra`): for each class of the batch, the harmonic mean k / sum_j 1/d_j of its `k` largest within-class
+    pairwise distances, summed over classes. Defaults (margin 100, beta 0.01, k 2, intra off) are the source
+    recipe's. The centres are each worker's own (its batch's class means): gradients are averaged by DDP as for
+    any loss, so the term depends on the per-worker batch (batch_size / ray.num_workers), not the global batch.
+    Under mixup (stage1.mixup_alpha > 0) the term follows mixup's rule like the cross-entropy: lam * R(features,
+    y) + (1 - lam) * R(features, y_perm); the `range_loss` backbone turns mixup off.
+    """
+
+    enabled: bool = False
+    beta: float = 0.01
+    margin: float = 100.0
+    k: int = 2
+    intra: bool = False
+
+    def __post_init__(self) -> None:
+        if self.beta < 0 or self.margin <= 0 or self.k < 1:
+            raise ValueError(
+                f"need beta >= 0, margin > 0 and k >= 1; got beta {self.beta}, margin {self.margin}, k {self.k}"
+            )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """`stage1:` — the one trainer's recipe (stage 2 extends it).
 
@@ -25,6 +53,10 @@ class TrainConfig:
     `warmup_epochs`, then `schedule` cosine (to 0 at the end of `epochs`) or step (x `gamma` after each epoch
     of `milestones`). `schedule_unit` step changes the LR after every optimizer step; epoch holds it for a whole
     epoch, set at the epoch's start, as MiSLAS's and LNR's `adjust_learning_rate` do.
+
+    `loss`: ce (cross-entropy) or bias_compensation (logit-adjusted cross-entropy blended into plain
+    cross-entropy over training: lnr_dist.models.losses.BiasCompensation); `range_loss` adds the range loss on
+    the features (RangeLossConfig). Both are stage-1 settings: stage 2 takes its loss from stage2.method.
     """
 
     epochs: int = 10
@@ -44,6 +76,8 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     evaluate_test: bool = True
+    loss: Literal["ce", "bias_compensation"] = "ce"
+    range_loss: RangeLossConfig = field(default_factory=RangeLossConfig)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -125,6 +159,9 @@ class Stage2Config(TrainConfig):
     in-process (features of un-augmented images; no BN shift); auto = cached features for the sweep's trials
     when the recipe allows it (no shift_bn) and images for a method's own run. A method that supports one
     backend only runs on it.
+
+    The loss is the method's (its registry entry's loss factory, e.g. label-aware smoothing or
+    `bias_compensation`): the inherited `loss` and `range_loss` keys are stage-1 settings, refused here when set.
     """
 
     epochs: int = 10
@@ -146,6 +183,11 @@ class Stage2Config(TrainConfig):
         super().__post_init__()
         if not (0 <= self.smooth_tail <= 1 and 0 <= self.smooth_head <= 1) or self.lr_factor <= 0:
             raise ValueError("smoothing must lie in [0, 1] and lr_factor must be > 0")
+        if self.loss != TrainConfig.loss or self.range_loss.enabled:  # not stage 1's default cross-entropy
+            raise ValueError(
+                "loss and range_loss are stage-1 settings: stage 2 trains with stage2.method's loss (a registry "
+                "entry; e.g. one whose loss factory is lnr_dist.stage2.registry.bias_compensation)"
+            )
         if self.backend == "features" and self.shift_bn:
             raise ValueError(
                 "backend features trains on features computed once, so it cannot shift BN: set shift_bn false "
@@ -290,9 +332,10 @@ class ReproduceConfig:
     """`reproduce:` — what `lnr-dist reproduce` runs: `methods`, names in the stage-2 method registry
     (lnr_dist.stage2.registry; empty = every registered method, the built-in ones being ce, mixup: stage 1 only;
     mislas, lnr, random: stage 2 on the mixup backbone; smote, adasyn: oversampling of cached stage-1 features,
-    head re-trained) over `seeds` seeds (experiment seed, +1, ...). `published`: which paper numbers to print
-    beside the table (cifar10_lt, cifar100_lt, imagenet_lt, places_lt; null = none). Where stage 2 trains is
-    stage2.backend. Every other method is compared with each of `baselines` that ran (comparisons.csv: delta
+    head re-trained; bias_compensation, range_loss: MiSLAS's stage 2 on the stage-1 backbone of that loss) over
+    `seeds` seeds (experiment seed, +1, ...). `published`: which paper numbers to print beside the table
+    (cifar10_lt, cifar100_lt, imagenet_lt, places_lt; null = none). Where stage 2 trains is stage2.backend. Every
+    other method is compared with each of `baselines` that ran (comparisons.csv: delta
     with a 95% interval from `bootstrap` paired, stratified resamples of the test images and the seeds; 0 = no
     interval)."""
 

@@ -19,6 +19,7 @@ from ..data.manifest import Manifest
 from ..data.sampling import balanced_order, instance_order
 from ..experiment import Stage2Config
 from ..lnr import FlipTable
+from ..models.losses import set_loss_epoch
 from ..models.network import LearnableWeightScaling
 from ..stage2.registry import Stage2Method
 from ..train.calibration import fit_temperature, metrics_at
@@ -81,6 +82,7 @@ def train_head(
     result = HeadResult(head, -1, {objective: -math.inf})
     best_state = copy.deepcopy(head.state_dict())
     for epoch in range(epochs):
+        set_loss_epoch(loss_fn, epoch, epochs)
         if balanced:
             order = balanced_order(train_labels, len(y), seed, epoch)
         else:

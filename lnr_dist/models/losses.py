@@ -1,4 +1,11 @@
-"""Losses and mixup: small modules with a few-line forward."""
+"""Losses and mixup: small modules with a few-line forward.
+
+A loss takes (logits (B, C), targets (B,) int64) and returns a scalar. Two optional capabilities, which the
+trainer (train/engine.py, train/trainer.py) and the cached-features heads (features/heads.py) look for:
+`EpochScheduled` losses change with training progress and are told the epoch before each one
+(`set_loss_epoch`); a `FeatureLoss` also reads the penultimate features (forward(logits, targets, features)),
+which the trainer asks the model for (Network.forward(images, return_features=True)) through the DDP wrapper.
+"""
 
 from __future__ import annotations
 
@@ -59,3 +66,132 @@ class LabelAwareSmoothing(nn.Module):
 class CrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), target)
+
+
+class EpochScheduled(nn.Module):
+    """A loss whose formula follows training progress. `set_epoch(epoch, epochs)` is called before every epoch:
+    `epoch` 0-based, `epochs` the run's length; after a resume, with the epoch the run resumes at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch, self.epochs = 0, 1
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        if not 0 <= epoch < epochs:
+            raise ValueError(f"epoch must lie in [0, epochs) = [0, {epochs}), got {epoch}")
+        self.epoch, self.epochs = epoch, epochs
+
+
+def set_loss_epoch(loss: nn.Module, epoch: int, epochs: int) -> None:
+    """Tell every EpochScheduled part of `loss` (itself or a wrapped loss) that epoch `epoch` of `epochs`
+    starts; a loss without one is left alone."""
+    for module in loss.modules():
+        if isinstance(module, EpochScheduled):
+            module.set_epoch(epoch, epochs)
+
+
+class BiasCompensation(EpochScheduled):
+    """Bias-compensation loss: logit-adjusted cross-entropy blended into plain cross-entropy over training.
+
+    With the training class prior pi_c = n_c / N and a target prior t_c (uniform by default), the adjusted
+    logits are z_c + log pi_c - log t_c (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021,
+    Eq. 10 with tau = 1; with a uniform target, log t_c is a constant and the loss is their logit-adjusted
+    loss). The loss is (1 - a) * CE(adjusted) + a * CE(z) with a = (epoch / epochs)^2, epoch 0-based: the first
+    epoch trains on the adjusted loss alone and training ends close to plain cross-entropy, as the source
+    repository's `compensated_loss` does (seed 002; it adds log t_c where Menon subtracts it, which is the same
+    loss for the uniform target it uses). Means over the batch; logits are cast to float32.
+
+    Args:
+        class_counts: (C,) training images per class, all > 0.
+        target_prior: (C,) positive weights of the test-time prior (normalised here); None = uniform.
+
+    Raises:
+        ValueError: a class without training images, or a target prior of another length or not positive.
+    """
+
+    def __init__(self, class_counts: np.ndarray, target_prior: np.ndarray | None = None) -> None:
+        super().__init__()
+        counts = np.asarray(class_counts, dtype=np.float64)
+        target = np.ones_like(counts) if target_prior is None else np.asarray(target_prior, dtype=np.float64)
+        if counts.ndim != 1 or (counts <= 0).any():
+            raise ValueError(
+                "bias compensation needs a (C,) count per class, every class with training images"
+            )
+        if target.shape != counts.shape or (target <= 0).any():
+            raise ValueError(
+                f"target_prior must hold {counts.size} positive values, got shape {target.shape}"
+            )
+        shift = np.log(counts / counts.sum()) - np.log(target / target.sum())
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
+
+    @property
+    def plain_weight(self) -> float:
+        """a = (epoch / epochs)^2: the weight of the plain cross-entropy this epoch."""
+        return (self.epoch / self.epochs) ** 2
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, a = logits.float(), self.plain_weight
+        return (1.0 - a) * F.cross_entropy(logits + self.shift, target) + a * F.cross_entropy(logits, target)
+
+
+def squared_distances(x: torch.Tensor) -> torch.Tensor:
+    """(n, n) squared Euclidean distances between the rows of x (n, D), as |a|^2 + |b|^2 - 2 a.b (memory n^2,
+    not the n^2 D of pairwise differences; rounding below zero clamped to 0)."""
+    norms = x.pow(2).sum(1)
+    return (norms[:, None] + norms[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
+
+
+class RangeLoss(nn.Module):
+    """Range loss (Zhang et al., "Range Loss for Deep Face Recognition with Long-Tailed Training Data", ICCV
+    2017, Eq. 2-4) on a batch's features; squared Euclidean distances d.
+
+    inter = max(margin - min over pairs of class centres present in the batch of d(centre_q, centre_r), 0)
+    (0 when the batch holds one class); intra (when `intra`) = sum over the batch's classes with >= 2 samples of
+    m / sum_{j<=m} 1 / d_j, the harmonic mean of the class's m = min(k, pairs) largest pairwise distances. A
+    centre is the mean of the class's features in this batch (this worker's: see RangeLossConfig).
+
+    forward(features (B, D) float, targets (B,) int64) -> inter + intra, a float32 scalar.
+    """
+
+    def __init__(self, margin: float, k: int, intra: bool) -> None:
+        super().__init__()
+        self.margin, self.k, self.intra = margin, k, intra
+
+    def forward(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        features = features.float()
+        classes, inverse = torch.unique(target, return_inverse=True)
+        loss = features.new_zeros(())
+        if classes.numel() >= 2:
+            members = F.one_hot(inverse, classes.numel()).to(features.dtype)  # (B, K)
+            centres = (members.T @ features) / members.sum(0)[:, None]
+            pairs = torch.triu_indices(classes.numel(), classes.numel(), 1, device=features.device)
+            closest = squared_distances(centres)[pairs[0], pairs[1]].min()
+            loss = loss + F.relu(self.margin - closest)
+        if self.intra:
+            for c in range(classes.numel()):
+                rows = features[inverse == c]
+                if rows.shape[0] < 2:
+                    continue
+                upper = torch.triu_indices(rows.shape[0], rows.shape[0], 1, device=features.device)
+                distances = squared_distances(rows)[upper[0], upper[1]]
+                largest = distances.topk(min(self.k, distances.numel())).values
+                # identical features give d = 0, whose 1/d would turn the gradient to NaN
+                loss = loss + largest.numel() / (1.0 / largest.clamp_min(1e-12)).sum()
+        return loss
+
+
+class FeatureLoss(nn.Module):
+    """A loss that also reads the penultimate features: forward(logits (B, C), targets (B,) int64, features
+    (B, D)) -> scalar."""
+
+
+class WithRangeLoss(FeatureLoss):
+    """`base`(logits, targets) + beta * RangeLoss(features, targets): stage 1 with the range loss
+    (stage1.range_loss)."""
+
+    def __init__(self, base: nn.Module, range_loss: RangeLoss, beta: float) -> None:
+        super().__init__()
+        self.base, self.range_loss, self.beta = base, range_loss, beta
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.base(logits, target) + self.beta * self.range_loss(features, target)

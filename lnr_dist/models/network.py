@@ -82,12 +82,18 @@ class Network(nn.Module):
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.scaling(self.classifier(features))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, H, W) -> logits (B, C); with `return_features`, (logits, features (B, feature_dim)) in
+        one pass, so that a loss on the features (range loss) trains through the DDP wrapper's forward."""
         if self.features_frozen:
             with torch.no_grad():
                 features = self.features(images)
-            return self.head(features)
-        return self.head(self.features(images))
+        else:
+            features = self.features(images)
+        logits = self.head(features)
+        return (logits, features) if return_features else logits
 
 
 class SmallCNN(nn.Module):

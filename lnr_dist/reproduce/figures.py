@@ -388,7 +388,7 @@ def _stage1_curves(files: list[Path], root: Path, path: Path) -> Path:
         series.append((str(file.parent.parent.relative_to(root)), [r["epoch"] + 1 for r in rows],
                        [r["train_loss"] for r in rows], [r["val_balanced_acc"] for r in rows]))  # fmt: skip
     labels = ("epoch", "train loss", "validation balanced accuracy (%)",
-              "stage 1 (seed<k> = mixup, seed<k>/ce = plain CE)")  # fmt: skip
+              "stage 1 (seed<k> = mixup, seed<k>/<name> = backbone <name>)")  # fmt: skip
     return _two_panels(series, labels, path)
 
 

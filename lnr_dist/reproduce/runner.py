@@ -1,6 +1,6 @@
-"""`lnr-dist reproduce`: for each seed, the shared steps (stage 1 with plain CE and with mixup, inference + flips,
-the threshold sweep, cached features) once, then every method of the registry, then the binary task; then the
-tables and figures over all seeds. Each step is resumable (steps.py); jobs run in this process on a local Ray
+"""`lnr-dist reproduce`: for each seed, the shared steps (stage 1 of each backbone the methods need, inference +
+flips, the threshold sweep, cached features) once, then every method of the registry, then the binary task; then
+the tables and figures over all seeds. Each step is resumable (steps.py); jobs run in this process on a local Ray
 cluster, or each as a SLURM job through submitit (`cluster="slurm"`)."""
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from ..core.errors import UserError
 from ..data.manifest import Manifest
 from ..experiment import ExperimentConfig, Stage2Config, ThresholdPolicy, TrainConfig
 from ..lnr import FlipTable
-from ..models.losses import LabelAwareSmoothing, smoothing_per_class
+from ..models.losses import BiasCompensation, LabelAwareSmoothing, smoothing_per_class
 from .flip_sources import LNR_FLIPS, ORIGINAL_LABELS, RANDOM_FLIPS, LabelContext, LabelPolicy, tuned_threshold
 from .oversample import adasyn, smote
 
@@ -51,6 +51,15 @@ def label_aware_smoothing(s2: Stage2Config, manifest: Manifest) -> nn.Module:
     )
 
 
+def bias_compensation(train: TrainConfig, manifest: Manifest) -> nn.Module:
+    """The bias-compensation loss (models/losses.py BiasCompensation: logit adjustment by the training prior
+    of manifest.class_counts toward a uniform target, blended into plain cross-entropy as the epochs pass):
+    stage 1's `loss: bias_compensation`, and a loss factory a stage-2 method can name. In stage 2 pair it with
+    `sampler="instance"`: under class-balanced sampling the classes the head sees are already uniform and the
+    adjustment would compensate twice. Its prior is the training split's, also on flipped labels."""
+    return BiasCompensation(manifest.class_counts)
+
+
 @dataclass(frozen=True)
 class Backbone:
     """A stage-1 recipe a method can start from: `stage1` maps the config's stage1 section to this backbone's,
@@ -62,13 +71,30 @@ class Backbone:
     description: str
 
 
+def _plain(train: TrainConfig) -> TrainConfig:
+    """stage 1 with plain cross-entropy: no mixup, no bias compensation, no range loss (the named backbones
+    start from it, so each is what its name says whatever stage1 configures; `mixup` is stage 1 as configured).
+    Mixup is off in the loss backbones too: the recipe of seed 002 names none, and the range loss wants one
+    class per sample, which a mixed image does not have."""
+    return replace(train, mixup_alpha=0.0, loss="ce", range_loss=replace(train.range_loss, enabled=False))
+
+
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone("mixup", "", lambda t: t, "stage 1 as configured (mixup: LNR's backbone)"),
-        Backbone("ce", "ce", lambda t: replace(t, mixup_alpha=0.0), "stage 1 with plain cross-entropy"),
+        Backbone("ce", "ce", _plain, "stage 1 with plain cross-entropy"),
+        Backbone(
+            "bias_compensation", "bias_compensation", lambda t: replace(_plain(t), loss="bias_compensation"),
+            "stage 1 with the bias-compensation loss (logit adjustment blended into CE), no mixup",
+        ),
+        Backbone(
+            "range_loss", "range_loss",
+            lambda t: replace(_plain(t), range_loss=replace(t.range_loss, enabled=True)),
+            "stage 1 with cross-entropy + range loss on the features (stage1.range_loss settings), no mixup",
+        ),
     )
-}
+}  # fmt: skip
 
 
 def backbone_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
@@ -223,5 +249,11 @@ for _method in (
     Stage2Method(
         "adasyn", "ADASYN on stage-1 features", backends=("features",), sampler="instance", resample=adasyn
     ),
+    Stage2Method(
+        "bias_compensation",
+        "MiSLAS stage 2 on the bias-compensation backbone (stage-1 loss)",
+        stage1="bias_compensation",
+    ),
+    Stage2Method("range_loss", "MiSLAS stage 2 on the range-loss backbone (stage 1)", stage1="range_loss"),
 ):
     register(_method)

@@ -14,7 +14,7 @@ from torch import nn
 from ..core.dist import all_reduce_sum
 from ..data.loader import BatchLoader
 from ..experiment import TrainConfig
-from ..models.losses import mixup
+from ..models.losses import FeatureLoss, mixup
 from .metrics import MetricSums
 
 LabelMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -110,8 +110,14 @@ def train_one_epoch(
     amp: bool = False,
     channels_last: bool = False,
 ) -> dict[str, Any]:
-    """Train for one epoch; returns loss/accuracy summed over all ranks, the last LR and the time."""
+    """Train for one epoch; returns loss/accuracy summed over all ranks, the last LR and the time.
+
+    Under mixup the loss is lam * loss_fn(y) + (1 - lam) * loss_fn(y_perm). A FeatureLoss also gets the
+    penultimate features, asked of the model itself (model(images, return_features=True)) so that a DDP-wrapped
+    model's gradient hooks see them. An EpochScheduled loss is told the epoch by the caller (set_loss_epoch).
+    """
     model.train()
+    wants_features = isinstance(loss_fn, FeatureLoss)
     sums = np.zeros(3)  # loss * n, correct (lam-weighted under mixup), n
     start = time.perf_counter()
     for step, batch in enumerate(loader):
@@ -125,8 +131,10 @@ def train_one_epoch(
         if mixup_alpha > 0:
             images, *targets, lam = mixup(images, labels, mixup_alpha, rng or np.random.default_rng())
         with torch.autocast(device.type, enabled=amp):
-            logits = model(images)
-        loss = lam * loss_fn(logits, targets[0]) + (1.0 - lam) * loss_fn(logits, targets[1])
+            logits, *features = model(images, return_features=True) if wants_features else (model(images),)
+        loss = loss_fn(logits, targets[0], *features)
+        if mixup_alpha > 0:
+            loss = lam * loss + (1.0 - lam) * loss_fn(logits, targets[1], *features)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped "

@@ -3,6 +3,7 @@ parameters train at which learning rate, the loss, the sampler, a per-batch labe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +14,10 @@ from torch import nn
 from ..data.manifest import Manifest
 from ..experiment import ExperimentConfig, Stage2Config, TrainConfig
 from ..models.checkpoint import load_model
-from ..models.losses import CrossEntropy
+from ..models.losses import CrossEntropy, RangeLoss, WithRangeLoss
 from ..models.network import Network, build_model
 from ..stage2.flip_sources import flip_report
-from ..stage2.registry import method_of, stage2_flips
+from ..stage2.registry import bias_compensation, method_of, stage2_flips
 from .engine import LabelMap
 
 
@@ -31,11 +32,31 @@ class Recipe:
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
 
 
+# stage1.loss -> its factory (TrainConfig, Manifest) -> module(logits (B, C), targets (B,) int64) -> scalar
+STAGE1_LOSSES: dict[str, Callable[[TrainConfig, Manifest], nn.Module]] = {
+    "ce": lambda train, manifest: CrossEntropy(),
+    "bias_compensation": bias_compensation,
+}
+
+
+def stage1_loss(train: TrainConfig, manifest: Manifest) -> nn.Module:
+    """stage1.loss, plus beta x the range loss on the features when stage1.range_loss.enabled (a FeatureLoss
+    then: the engine hands it the penultimate features)."""
+    loss = STAGE1_LOSSES[train.loss](train, manifest)
+    ranged = train.range_loss
+    if ranged.enabled:
+        loss = WithRangeLoss(loss, RangeLoss(ranged.margin, ranged.k, ranged.intra), ranged.beta)
+    return loss
+
+
 def stage1_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
-    """Stage 1: the whole network, cross-entropy (with mixup when stage1.mixup_alpha > 0), instance sampling."""
+    """Stage 1: the whole network, stage1.loss (+ range loss; with mixup when stage1.mixup_alpha > 0),
+    instance sampling."""
     model = build_model(cfg.model, manifest.num_classes)
     params = [p for p in model.parameters() if p.requires_grad]
-    return Recipe(model, [{"params": params, "lr": cfg.stage1.lr}], CrossEntropy(), cfg.stage1)
+    return Recipe(
+        model, [{"params": params, "lr": cfg.stage1.lr}], stage1_loss(cfg.stage1, manifest), cfg.stage1
+    )
 
 
 def head_param_groups(

@@ -46,6 +46,7 @@ from ..models.checkpoint import (
     training_state,
     unwrap,
 )
+from ..models.losses import set_loss_epoch
 from ..runtime.faults import inject_fault
 from ..runtime.raycluster import run_workers, worker_setup
 from .calibration import fit_temperature, metrics_at
@@ -227,6 +228,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         inject_fault(cfg.fault, ctx, epoch, out)
         train_loader.set_epoch(epoch)
         rng = np.random.default_rng([cfg.seed, ctx.rank, epoch])
+        set_loss_epoch(loss_fn, epoch, train_cfg.epochs)  # a resumed run's loss starts at its resumed epoch
         stats = train_one_epoch(
             model, train_loader, optimizer, scheduler, scaler, loss_fn, device, epoch,
             mixup_alpha=train_cfg.mixup_alpha, label_map=recipe.label_map, rng=rng, amp=amp,

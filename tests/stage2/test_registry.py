@@ -154,11 +154,27 @@ def test_features_backend_cannot_shift_bn():
         ("lnr", "auto", ["stage1", "infer", "tune"]),
         ("random", "features", ["stage1", "infer", "tune", "features"]),
         ("smote", "auto", ["stage1", "features"]),
+        ("bias_compensation", "auto", ["stage1_bias_compensation"]),
+        ("bias_compensation", "features", ["stage1_bias_compensation", "features_bias_compensation"]),
+        ("range_loss", "auto", ["stage1_range_loss"]),
     ],
 )
 def test_a_methods_shared_steps_follow_from_its_declaration(method, backend, steps):
     cfg = mini(f"stage2.backend={backend}")
     assert [s.name for s in steps_of(get_method(method), cfg)] == steps
+
+
+@pytest.mark.parametrize("name", ["bias_compensation", "range_loss"])
+def test_the_stage1_loss_methods_run_mislas_stage2_on_their_own_backbone(name):
+    cfg = mini()
+    method = get_method(name)
+    run = method.run_config(cfg)
+    assert method.stage1 == name and Path(run.run_dir) == Path(cfg.run_dir) / name
+    mislas = get_method("mislas")
+    assert (method.labels, method.threshold, method.loss, method.sampler, method.lws, method.retrain) == (
+        mislas.labels, mislas.threshold, mislas.loss, mislas.sampler, mislas.lws, mislas.retrain
+    )  # fmt: skip
+    assert run.stage2 == replace(cfg.stage2, method=name)
 
 
 def test_a_plugin_that_cannot_be_imported_is_one_line(tmp_path):
