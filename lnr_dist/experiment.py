@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from .core.errors import UserError
 from .core.layout import RunLayout
 from .data.config import DataConfig
+from .data.sampling import Sampler
 from .models.network import ModelConfig
 
 
@@ -150,7 +151,9 @@ class Stage2Config(TrainConfig):
     The backbone is frozen (features under no_grad); with `shift_bn` its BatchNorm statistics are re-estimated
     on the class-balanced stream (MiSLAS's shift learning). The classifier trains at lr_factor * lr, the
     learnable weight scaling (LWS) at lr. Label-aware smoothing runs from `smooth_tail` (rarest class) to
-    `smooth_head` (largest) along `smooth_profile`.
+    `smooth_head` (largest) along `smooth_profile`. `sampler` draws the training stream (data/sampling.py): a
+    sample of class c with probability ∝ n_c^-q, random (q = 0, instance sampling), mean (q = 1, every class
+    equally likely: MiSLAS's class-balanced stage 2) or reverse (q = 2); a method may fix its own.
 
     `method` names an entry of the stage-2 method registry (lnr_dist.stage2.registry: its labels, threshold
     policy, loss, sampler and backends); `plugins` are modules imported first (by the driver and every Ray
@@ -164,6 +167,11 @@ class Stage2Config(TrainConfig):
     `bias_compensation`): the inherited `loss` and `range_loss` keys are stage-1 settings, refused here when set.
     """
 
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "balanced_sampling": "stage2.sampler (random | mean | reverse; balanced_sampling true was mean, false was "
+        "random)"
+    }
+
     epochs: int = 10
     lr: float = 0.1
     lr_factor: float = 1.0
@@ -175,7 +183,7 @@ class Stage2Config(TrainConfig):
     smooth_profile: Literal["concave", "linear", "convex"] = "concave"
     shift_bn: bool = False
     lws: bool = True
-    balanced_sampling: bool = True
+    sampler: Sampler = "mean"
     threshold: ThresholdPolicy = field(default_factory=ThresholdPolicy)
     checkpoint: str | None = None
 

@@ -93,7 +93,7 @@ def test_config_carries_the_published_recipe(capsys, name):
     assert s2["mixup_alpha"] == 0
     assert (
         s2["lws"]
-        and s2["balanced_sampling"]
+        and s2["sampler"] == "mean"
         and s2["method"] == "lnr"
         and s2["threshold"] == {"policy": "infer", "value": None}
     )

@@ -4,10 +4,13 @@ The file reader has no notion of a dataset index, so it is handed each sample's 
 label is looked up by index. Without CUDA the pipeline runs on the CPU (`device_id=None`, the only CPU-only
 setting DALI 2.4 accepts); with CUDA, JPEG decoding is "mixed" (nvJPEG) on this process's local GPU.
 
-Train order: the reader gets a seeded global permutation of the split and reshuffles after every epoch
-(`shuffle_after_epoch`, same seed on every rank, so shards stay disjoint). DALI draws crops and flips from
-per-pipeline random streams: which augmentation a sample gets depends on the shard layout, unlike the PyTorch
-loader, whose draws are keyed by (seed, index, epoch).
+Train order: for the random sampler the reader gets a seeded global permutation of the split and reshuffles
+after every epoch (`shuffle_after_epoch`, same seed on every rank, so shards stay disjoint; the permutations
+are DALI's, not sampling.instance_order's). A class-aware sampler (mean, reverse) draws a new global order
+each epoch with sampling.sampler_order, the PyTorch loader's function, and the reader is rebuilt on this
+rank's padded shard of it. DALI draws crops and flips from per-pipeline random streams: which augmentation a
+sample gets depends on the shard layout, unlike the PyTorch loader, whose draws are keyed by (seed, index,
+epoch).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from ..core.errors import UserError
 from .check import image_problem
 from .loader import Batch, BatchLoader
-from .sampling import balanced_order, shard_bounds, shard_of
+from .sampling import CLASS_AWARE_SAMPLERS, sampler_order, shard_bounds, shard_of
 
 READER = "Reader"
 
@@ -124,13 +127,15 @@ class DaliLoader(BatchLoader):
     def _reader_plan(self) -> tuple[np.ndarray, int, int, bool]:
         """(global or pre-sharded order, shard_id, num_shards, reshuffle) for the current epoch."""
         num = len(self.split)
-        if self.spec.order == "balanced":
-            order = balanced_order(self.split.labels, num, self.spec.seed, self.epoch)
+        if self.spec.order in CLASS_AWARE_SAMPLERS:
+            order = sampler_order(self.split.labels, self.spec.order, self.spec.seed, self.epoch)
             return shard_of(order, self.ctx.rank, self.ctx.world_size, pad=True), 0, 1, False
-        if self.spec.order == "shuffle":
-            order = np.random.default_rng([self.spec.seed, 0, 2]).permutation(num)
-            return order, self.ctx.rank, self.ctx.world_size, True
-        return np.arange(num), self.ctx.rank, self.ctx.world_size, False
+        if self.spec.order == "sequential":
+            return np.arange(num), self.ctx.rank, self.ctx.world_size, False
+        order = np.random.default_rng([self.spec.seed, 0, 2]).permutation(
+            num
+        )  # random: the reader reshuffles
+        return order, self.ctx.rank, self.ctx.world_size, True
 
     def _build(self) -> DALIGenericIterator:
         if not self._checked:
@@ -165,8 +170,11 @@ class DaliLoader(BatchLoader):
         )
 
     def _epoch_iterator(self) -> DALIGenericIterator:
-        # A balanced order is new each epoch, so that reader is rebuilt; the others reset (and reshuffle).
-        if self._iterator is None or (self.spec.order == "balanced" and self._built_epoch != self.epoch):
+        # A class-aware order is drawn anew each epoch, so that reader is rebuilt; the others reset (and
+        # reshuffle: random's permutations come from the reader's own shuffle_after_epoch).
+        if self._iterator is None or (
+            self.spec.order in CLASS_AWARE_SAMPLERS and self._built_epoch != self.epoch
+        ):
             self._iterator, self._built_epoch = self._build(), self.epoch
         elif self._needs_reset:
             self._iterator.reset()
@@ -174,7 +182,7 @@ class DaliLoader(BatchLoader):
         return self._iterator
 
     def __len__(self) -> int:
-        if self.spec.order == "balanced" or self.spec.pad:
+        if self.spec.order in CLASS_AWARE_SAMPLERS or self.spec.pad:
             size = math.ceil(len(self.split) / self.ctx.world_size)
         else:
             start, stop = shard_bounds(len(self.split), self.ctx.rank, self.ctx.world_size)

@@ -13,9 +13,10 @@ import torch
 
 from ..core.dist import RankContext
 from .config import DataConfig
+from .sampling import Sampler
 from .splits import Split
 
-Order = Literal["shuffle", "sequential", "balanced"]
+Order = Literal["sequential", "random", "mean", "reverse"]  # sequential, or a sampler of data/sampling.py
 
 
 @dataclass
@@ -32,10 +33,12 @@ class Batch:
 class LoaderSpec:
     """How a job reads a split.
 
-    order: shuffle (a fresh global permutation per epoch), sequential (split order) or balanced (each class
-        drawn equally often, stage 2); augment: train-time augmentation (random resized crop + flip) or eval
-        (resize + centre crop); pad: give every rank the same number of samples by repeating a few (training
-        in lock-step) instead of exact shards (evaluation and inference, where every index is seen once).
+    order: sequential (split order) or a sampler (data/sampling.py): random (a fresh global permutation per
+        epoch), mean (each class drawn equally often: stage 2's default) or reverse (rarer classes drawn more
+        often); mean and reverse draw a new global order from the split's labels every epoch; augment:
+        train-time augmentation (random resized crop + flip) or eval (resize + centre crop); pad: give every rank
+        the same number of samples by repeating a few (training in lock-step) instead of exact shards
+        (evaluation and inference, where every index is seen once).
     """
 
     batch_size: int
@@ -45,8 +48,8 @@ class LoaderSpec:
     seed: int = 0
 
     @classmethod
-    def train(cls, batch_size: int, seed: int, balanced: bool = False) -> LoaderSpec:
-        return cls(batch_size, "balanced" if balanced else "shuffle", augment=True, pad=True, seed=seed)
+    def train(cls, batch_size: int, seed: int, sampler: Sampler = "random") -> LoaderSpec:
+        return cls(batch_size, sampler, augment=True, pad=True, seed=seed)
 
     @classmethod
     def evaluate(cls, batch_size: int) -> LoaderSpec:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..core.errors import UserError
 from .decode import load_rgb
 from .loader import Batch, BatchLoader
-from .sampling import balanced_order, instance_order, shard_of
+from .sampling import sampler_order, shard_of
 from .splits import Split
 from .transforms import ImageTransform, sample_rng
 
@@ -86,11 +86,10 @@ class TorchLoader(BatchLoader):
 
     def shard_indices(self) -> np.ndarray:
         """This rank's dataset indices for the current epoch, in reading order."""
-        num = len(self.split)
-        if self.spec.order == "balanced":
-            order = balanced_order(self.split.labels, num, self.spec.seed, self.epoch)
+        if self.spec.order == "sequential":
+            order = np.arange(len(self.split), dtype=np.int64)
         else:
-            order = instance_order(num, self.spec.order == "shuffle", self.spec.seed, self.epoch)
+            order = sampler_order(self.split.labels, self.spec.order, self.spec.seed, self.epoch)
         return shard_of(order, self.ctx.rank, self.ctx.world_size, self.spec.pad)
 
     def __len__(self) -> int:

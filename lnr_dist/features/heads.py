@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data.manifest import Manifest
-from ..data.sampling import balanced_order, instance_order
+from ..data.sampling import sampler_order
 from ..experiment import Stage2Config
 from ..lnr import FlipTable
 from ..models.losses import set_loss_epoch
@@ -78,15 +78,12 @@ def train_head(
     # `epochs` may be the sweep's shorter tune.epochs: the schedule spans the epochs actually run
     schedule = s2 if epochs == s2.epochs else replace(s2, epochs=epochs)
     scheduler = build_lr_scheduler(optimizer, schedule, steps)
-    loss_fn, balanced = method.loss(s2, manifest), method.balanced(s2)
+    loss_fn, sampler = method.loss(s2, manifest), method.sampler_of(s2)
     result = HeadResult(head, -1, {objective: -math.inf})
     best_state = copy.deepcopy(head.state_dict())
     for epoch in range(epochs):
         set_loss_epoch(loss_fn, epoch, epochs)
-        if balanced:
-            order = balanced_order(train_labels, len(y), seed, epoch)
-        else:
-            order = instance_order(len(y), True, seed, epoch)
+        order = sampler_order(train_labels, sampler, seed, epoch)
         head.train()
         for start in range(0, len(order), s2.batch_size):
             rows = torch.from_numpy(order[start : start + s2.batch_size])

@@ -9,8 +9,8 @@ A method declares what it trains on and how:
   it at the sweep's choice, and `lnr-dist tune` can sweep it);
 - `backends`: images (the stage-2 job on Ray Train) and/or features (a head on cached stage-1 features);
 - `loss` (a factory: (Stage2Config, Manifest) -> module(logits (B, C) float, targets (B,) int64) -> scalar),
-  `sampler` and `lws` (the head: classifier + learnable weight scaling), `resample` (cached features only:
-  e.g. SMOTE);
+  `sampler` (random, mean or reverse of data/sampling.py, or config: stage2.sampler), `lws` (the head:
+  classifier + learnable weight scaling), `resample` (cached features only: e.g. SMOTE);
 - `stage1`: the backbone it starts from (a `Backbone`: the stage-1 recipe and its run folder), and `retrain`:
   False for a method whose result is that stage-1 model itself (ce, mixup).
 
@@ -31,6 +31,7 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..data.manifest import Manifest
+from ..data.sampling import SAMPLER_POWERS, Sampler
 from ..experiment import ExperimentConfig, Stage2Config, ThresholdPolicy, TrainConfig
 from ..lnr import FlipTable
 from ..models.losses import BiasCompensation, LabelAwareSmoothing, smoothing_per_class
@@ -115,7 +116,7 @@ class Stage2Method:
     threshold: Literal["none", "fixed", "tuned"] = "none"
     backends: tuple[Backend, ...] = BACKENDS
     loss: LossFactory = label_aware_smoothing
-    sampler: Literal["config", "balanced", "instance"] = "config"  # config: stage2.balanced_sampling
+    sampler: Literal["config", "random", "mean", "reverse"] = "config"  # config: stage2.sampler
     lws: bool | None = None  # None: stage2.lws
     resample: Resample | None = None
     stage1: str = "mixup"
@@ -128,13 +129,18 @@ class Stage2Method:
             )
         if self.retrain and (not self.backends or not set(self.backends) <= set(BACKENDS)):
             raise ValueError(f"method {self.name}: backends must be a non-empty subset of {BACKENDS}")
+        if self.sampler != "config" and self.sampler not in SAMPLER_POWERS:
+            raise ValueError(
+                f"method {self.name}: unknown sampler {self.sampler!r}; valid: config, {', '.join(SAMPLER_POWERS)}"
+            )
         if self.resample is not None and self.backends != ("features",):
             raise ValueError(
                 f"method {self.name}: resample works on cached features: backends must be ('features',)"
             )
 
-    def balanced(self, s2: Stage2Config) -> bool:
-        return s2.balanced_sampling if self.sampler == "config" else self.sampler == "balanced"
+    def sampler_of(self, s2: Stage2Config) -> Sampler:
+        """The sampler this method trains with: its own, or stage2.sampler when it declares config."""
+        return s2.sampler if self.sampler == "config" else self.sampler
 
     def uses_lws(self, s2: Stage2Config) -> bool:
         return s2.lws if self.lws is None else self.lws
@@ -243,11 +249,12 @@ for _method in (
     Stage2Method("mislas", "MiSLAS stage 2 (LAS, LWS, balanced), no flips"),
     Stage2Method("lnr", "stage 2 on LNR flips at the tuned threshold", LNR_FLIPS, "tuned"),
     Stage2Method("random", "stage 2 on as many random flips as LNR", RANDOM_FLIPS, "tuned"),
+    # Oversampled features are balanced already: they are read once each per epoch (random).
     Stage2Method(
-        "smote", "SMOTE on stage-1 features", backends=("features",), sampler="instance", resample=smote
+        "smote", "SMOTE on stage-1 features", backends=("features",), sampler="random", resample=smote
     ),
     Stage2Method(
-        "adasyn", "ADASYN on stage-1 features", backends=("features",), sampler="instance", resample=adasyn
+        "adasyn", "ADASYN on stage-1 features", backends=("features",), sampler="random", resample=adasyn
     ),
     Stage2Method(
         "bias_compensation",

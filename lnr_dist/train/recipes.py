@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..data.manifest import Manifest
+from ..data.sampling import Sampler
 from ..experiment import ExperimentConfig, Stage2Config, TrainConfig
 from ..models.checkpoint import load_model
 from ..models.losses import CrossEntropy, RangeLoss, WithRangeLoss
@@ -27,7 +28,7 @@ class Recipe:
     param_groups: list[dict[str, Any]]
     loss: nn.Module
     train: TrainConfig
-    balanced_sampling: bool = False
+    sampler: Sampler = "random"  # data/sampling.py
     label_map: LabelMap | None = None
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
 
@@ -91,7 +92,7 @@ def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.nd
 
     report = flip_report(method.name, table, threshold)
     return Recipe(
-        model, groups, method.loss(s2, manifest), s2, method.balanced(s2), label_map,
+        model, groups, method.loss(s2, manifest), s2, method.sampler_of(s2), label_map,
         {"results_extra": {"flips": report, "stage1_checkpoint": str(path)}},
     )  # fmt: skip
 

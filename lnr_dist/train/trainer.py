@@ -203,7 +203,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         device
     )  # a loss with buffers (label-aware smoothing's epsilon) on the model's device
     train_loader = build_loader(
-        cfg.data, splits["train"], LoaderSpec.train(per_worker, cfg.seed, recipe.balanced_sampling), ctx
+        cfg.data, splits["train"], LoaderSpec.train(per_worker, cfg.seed, recipe.sampler), ctx
     )
     val_loader = build_loader(cfg.data, splits["val"], LoaderSpec.evaluate(eval_per_worker), ctx)
     scheduler = build_lr_scheduler(optimizer, train_cfg, len(train_loader))

@@ -1,5 +1,5 @@
 """Both loaders on the real mini set: sharding by global rank, labels, shapes, normalisation, padding,
-class-balanced sampling and undecodable images. DALI runs for real, on the CPU (device_id=None)."""
+the class-aware samplers and undecodable images. DALI runs for real, on the CPU (device_id=None)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from lnr_dist.core.dist import RankContext
 from lnr_dist.core.errors import UserError
 from lnr_dist.data.check import structure_problem
 from lnr_dist.data.loader import LoaderSpec, build_loader
+from lnr_dist.data.sampling import class_weights, sampler_order, shard_of
 from lnr_dist.data.splits import load_split
 
 from ..conftest import mini_data_config
@@ -86,17 +87,44 @@ def test_train_shards_cover_with_equal_batch_counts(mini_root, loader, world_siz
 
 
 @pytest.mark.parametrize("loader", LOADERS)
-def test_balanced_sampling_is_close_to_uniform(mini_root, loader):
+@pytest.mark.parametrize("sampler", ["mean", "reverse"])
+def test_class_aware_sampling_follows_the_class_weights(mini_root, loader, sampler):
     cfg = mini_data_config(mini_root, loader=loader)
     split = split_of(cfg)
+    counts = np.bincount(split.labels, minlength=10)
     labels = []
     for epoch in range(4):
         for rank in range(2):
-            for b in epoch_batches(cfg, split, LoaderSpec.train(64, seed=0, balanced=True), rank, 2, epoch):
+            for b in epoch_batches(cfg, split, LoaderSpec.train(64, seed=0, sampler=sampler), rank, 2, epoch):
                 labels.append(b.labels.numpy())
     freq = np.bincount(np.concatenate(labels), minlength=10) / sum(map(len, labels))
-    assert np.bincount(split.labels).max() / np.bincount(split.labels).min() > 50  # really long-tailed
-    np.testing.assert_allclose(freq, 0.1, atol=0.035)
+    assert counts.max() / counts.min() > 50  # really long-tailed
+    expected = class_weights(counts, sampler)
+    if sampler == "mean":
+        np.testing.assert_allclose(expected, 0.1)
+    else:
+        assert expected[counts.argmin()] > 0.3  # reverse: the rarest class draws far more than uniformly
+    np.testing.assert_allclose(freq, expected, atol=0.035)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("sampler", ["random", "mean", "reverse"])
+def test_train_reads_the_sampler_order_sharded_by_global_rank(mini_root, loader, sampler):
+    """Both loaders read this rank's padded shard of sampling.sampler_order (DALI's random order is the reader's
+    own permutation: there only the coverage is checked)."""
+    cfg = mini_data_config(mini_root, loader=loader)
+    split = split_of(cfg)
+    order = sampler_order(split.labels, sampler, seed=3, epoch=2)
+    read = []
+    for rank in range(3):
+        batches = epoch_batches(cfg, split, LoaderSpec.train(32, seed=3, sampler=sampler), rank, 3, epoch=2)
+        shard = shard_of(order, rank, 3, pad=True)
+        indices = torch.cat([b.indices for b in batches]).numpy()
+        read.append(indices[: shard.size])
+        if loader == "torch" or sampler != "random":
+            np.testing.assert_array_equal(indices[: shard.size], shard)
+    if sampler == "random":
+        assert set(np.concatenate(read).tolist()) == set(range(len(split)))
 
 
 def test_torch_train_augmentation_is_keyed_by_sample_not_shard(mini_root):

@@ -8,11 +8,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from lnr_dist.core.config import ConfigError, load_config
 from lnr_dist.core.errors import UserError
+from lnr_dist.data.manifest import Manifest
 from lnr_dist.experiment import ExperimentConfig, ThresholdPolicy
+from lnr_dist.features import heads
+from lnr_dist.models.network import build_model
 from lnr_dist.reproduce.methods import steps_of
 from lnr_dist.stage2.registry import (
     STAGE2_METHODS,
@@ -24,6 +29,7 @@ from lnr_dist.stage2.registry import (
     reproduce_methods,
     stage2_threshold,
 )
+from lnr_dist.train import recipes
 
 REPO = Path(__file__).resolve().parents[2]
 MINI = REPO / "configs" / "mini.yaml"
@@ -61,6 +67,7 @@ def test_empty_reproduce_methods_means_every_registered_method():
     [
         ("tune.cached_features=never", "stage2.backend"),
         ("reproduce.stage2_on=features", "stage2.backend"),
+        ("stage2.balanced_sampling=false", "stage2.sampler"),
     ],
 )
 def test_the_replaced_settings_are_refused_naming_the_new_key(override, new_key):
@@ -69,6 +76,78 @@ def test_the_replaced_settings_are_refused_naming_the_new_key(override, new_key)
     key = override.split("=")[0]
     assert f"key '{key}' was replaced: use {new_key}" in str(error.value)
     assert "command line" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_balanced_sampling_refusal_says_what_its_values_became(tmp_path):
+    text = MINI.read_text().replace("stage2:\n", "stage2:\n  balanced_sampling: true\n", 1)
+    path = tmp_path / "old.yaml"
+    path.write_text(text)
+    line = text.splitlines().index("  balanced_sampling: true") + 1
+    with pytest.raises(ConfigError) as error:
+        load_config(ExperimentConfig, path)
+    message = str(error.value)
+    assert message.startswith(
+        f"{path}:{line}: key 'stage2.balanced_sampling' was replaced: use stage2.sampler"
+    )
+    assert "true was mean, false was random" in message and "\n" not in message
+
+
+def test_stage2_sampler_is_checked_and_defaults_to_mean():
+    assert mini().stage2.sampler == "mean" and mini("stage2.sampler=reverse").stage2.sampler == "reverse"
+    with pytest.raises(ConfigError, match=r"stage2.sampler.*'balanced'") as error:
+        mini("stage2.sampler=balanced")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "method, configured, resolved",
+    [
+        ("mislas", "mean", "mean"),
+        ("lnr", "reverse", "reverse"),
+        ("random", "random", "random"),
+        ("smote", "mean", "random"),  # oversampled features are balanced already: the method fixes random
+        ("adasyn", "reverse", "random"),
+    ],
+)
+def test_a_method_samples_with_its_own_sampler_or_stage2_sampler(method, configured, resolved):
+    s2 = mini(f"stage2.sampler={configured}").stage2
+    assert get_method(method).sampler_of(s2) == resolved
+
+
+def test_a_method_with_an_unknown_sampler_is_refused():
+    with pytest.raises(
+        ValueError, match=r"method focal: unknown sampler 'balanced'; valid: config, random, mean"
+    ):
+        Stage2Method("focal", "a loss", sampler="balanced")
+
+
+def test_the_head_trains_with_the_method_sampler(monkeypatch):
+    seen = []
+
+    def order(labels, sampler, seed, epoch):
+        seen.append(sampler)
+        return np.arange(len(labels))
+
+    monkeypatch.setattr(heads, "sampler_order", order)
+    s2 = replace(mini().stage2, sampler="reverse", epochs=1, batch_size=8)
+    labels = {"train": np.repeat(np.arange(3), [6, 3, 1]), "val": np.arange(3)}
+    features = {"train": np.ones((10, 4), np.float32), "val": np.ones((3, 4), np.float32)}
+    classifier = {"classifier.weight": torch.zeros(3, 4), "classifier.bias": torch.zeros(3)}
+    manifest = Manifest.from_labels(labels["train"], 3)
+    for name in ("mislas", "smote"):
+        heads.train_head(s2, get_method(name), 1, manifest, features, labels, classifier, None, 0, "top1")
+    assert seen == ["reverse", "random"]
+
+
+def test_the_stage2_recipe_hands_the_method_sampler_to_the_loader(tmp_path, monkeypatch):
+    cfg = mini(f"run_dir={tmp_path}", "stage2.method=mislas", "stage2.sampler=reverse")
+    monkeypatch.setattr(
+        recipes, "load_model", lambda model_cfg, num_classes, *_: build_model(model_cfg, num_classes)
+    )
+    labels = np.repeat(np.arange(10), 3)
+    recipe = recipes.stage2_recipe(cfg, Manifest.from_labels(labels, 10), labels)
+    assert recipe.sampler == "reverse"
+    assert recipes.stage1_recipe(cfg, Manifest.from_labels(labels, 10), labels).sampler == "random"
 
 
 @pytest.mark.parametrize("value", ["tuned", "2.5", "null"])
