@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -25,6 +26,18 @@ def _yaml_scalar(text: str | None) -> object:
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("--config", required=required, help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. threshold=2.5")
+
+
+def _add_pool_args(parser: argparse.ArgumentParser) -> None:
+    """The unlabelled pool options of the dataset builders (lnr_dist/data/pool.py)."""
+    parser.add_argument(
+        "--unlabeled-ratio", type=float, default=0.0, metavar="L",
+        help="also write an unlabelled pool of up to L x the training count, from images in no split (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-profile", choices=("balanced", "same", "reversed"), default="balanced",
+        help="the pool's classes: equal, proportional to train, or train's profile reversed (default balanced)",
+    )  # fmt: skip
 
 
 def _cmd_flips(args: argparse.Namespace) -> int:
@@ -93,19 +106,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_built(files: dict[str, Path]) -> None:
+    """The files a dataset builder wrote, and the realised pool counts when it drew a pool."""
+    from .data.pool import pool_counts_table
+
+    print("\n".join(f"{name}: {path}" for name, path in files.items()))
+    if "pool_counts" in files:
+        print(pool_counts_table(json.loads(Path(files["pool_counts"]).read_text())))
+
+
 def _cmd_data_make_mini(args: argparse.Namespace) -> int:
     from .data.mini import make_mini
 
-    files = make_mini(args.out, imb_factor=args.imb_factor, seed=args.seed)
-    print("\n".join(f"{name}: {path}" for name, path in files.items()))
+    _print_built(
+        make_mini(
+            args.out, imb_factor=args.imb_factor, seed=args.seed, unlabeled_ratio=args.unlabeled_ratio,
+            pool_profile=args.pool_profile,
+        )
+    )  # fmt: skip
     return 0
 
 
 def _cmd_data_make_cifar(args: argparse.Namespace) -> int:
     from .data.cifar import make_cifar_lt
 
-    files = make_cifar_lt(args.cifar, args.out, args.num_classes, args.imb_factor, args.val_per_class)
-    print("\n".join(f"{name}: {path}" for name, path in files.items()))
+    _print_built(
+        make_cifar_lt(
+            args.cifar, args.out, args.num_classes, args.imb_factor, args.val_per_class,
+            unlabeled_ratio=args.unlabeled_ratio, pool_profile=args.pool_profile, seed=args.seed,
+        )
+    )  # fmt: skip
     return 0
 
 
@@ -271,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     mini.add_argument("--out", required=True)
     mini.add_argument("--imb-factor", type=float, default=0.01)
     mini.add_argument("--seed", type=int, default=0)
+    _add_pool_args(mini)
     mini.set_defaults(func=_cmd_data_make_mini)
     cifar = data.add_parser("make-cifar", help="CIFAR-10/100-LT from the CIFAR python batches on disk")
     cifar.add_argument("--cifar", required=True, help="folder with cifar-10-batches-py/ or cifar-100-python/")
@@ -278,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     cifar.add_argument("--num-classes", type=int, choices=(10, 100), default=10)
     cifar.add_argument("--imb-factor", type=float, default=0.01)
     cifar.add_argument("--val-per-class", type=int, default=20)
+    cifar.add_argument("--seed", type=int, default=0, help="seed of the pool's draw (the LT split has none)")
+    _add_pool_args(cifar)
     cifar.set_defaults(func=_cmd_data_make_cifar)
     check = data.add_parser("check", help="validate split files and images before spending cluster time")
     check.add_argument(

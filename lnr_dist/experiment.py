@@ -411,6 +411,7 @@ class ExperimentConfig:
             train_split=absolute(self.data.train_split),
             val_split=absolute(self.data.val_split),
             test_split=absolute(self.data.test_split),
+            unlabeled_split=absolute(self.data.unlabeled_split),
         )
         model = replace(self.model, pretrained_path=absolute(self.model.pretrained_path))
         infer = replace(self.infer, checkpoint=absolute(self.infer.checkpoint))

@@ -18,15 +18,18 @@ def long_tailed_set() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def mini_root(tmp_path_factory):
-    """The real bundled mini set (scikit-learn digits, 10 classes, IF 0.01), built once per test session."""
+    """The real bundled mini set (scikit-learn digits, 10 classes, IF 0.01), built once per test session, with the
+    unlabelled pool `make demo` builds (Mini_LT_pool.txt, demo.POOL_RATIO x the training count, balanced)."""
     from lnr_dist.data.mini import make_mini
+    from lnr_dist.demo import POOL_RATIO
 
     root = tmp_path_factory.mktemp("mini")
-    make_mini(root, imb_factor=0.01, seed=0)
+    make_mini(root, imb_factor=0.01, seed=0, unlabeled_ratio=POOL_RATIO)
     return root
 
 
-def mini_data_config(root, **changes):
+def mini_data_config(root, pool: bool = False, **changes):
+    """The mini set's `data` section; with `pool`, data.unlabeled_split names its pool."""
     from lnr_dist.data.config import DataConfig
 
     values = dict(
@@ -40,6 +43,7 @@ def mini_data_config(root, **changes):
         num_threads=0,
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
+        unlabeled_split=str(root / "Mini_LT_pool.txt") if pool else None,
     )
     values.update(changes)
     return DataConfig(**values)

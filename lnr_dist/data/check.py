@@ -10,13 +10,18 @@ from tqdm import tqdm
 
 from .config import DataConfig
 from .decode import dali_disagreement, load_rgb
-from .splits import SplitProblem, empty_class_problem, parse_split
+from .splits import SplitProblem, empty_class_problem, parse_split, split_key
 
 SPLITS = ("train", "val", "test")
 
 
 def split_files(cfg: DataConfig) -> dict[str, str]:
-    return {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}
+    """The split files to check, by name; the pool (`pool`) last, when data.unlabeled_split is set, so that an
+    image it shares with another split is reported on the pool's line."""
+    files = {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}
+    if cfg.unlabeled_split is not None:
+        files["pool"] = cfg.unlabeled_split
+    return files
 
 
 def decode_problem(path: Path) -> str | None:
@@ -98,15 +103,16 @@ def image_problem(path: Path, decode: bool = False) -> str | None:
 
 
 def check_data(cfg: DataConfig, decode: bool = False, progress: bool = False) -> list[SplitProblem]:
-    """Every problem in the three splits: format, labels, classes with no training image, duplicates (also
-    across splits), missing files, images that do not decode and images the two loaders would see differently
+    """Every problem in the three splits and the pool (data.unlabeled_split, when set): format, labels, classes
+    with no training image, duplicates (also across splits: a pool image in another split is reported on the
+    pool's line), missing files, images that do not decode and images the two loaders would see differently
     (`image_problem`): with `decode` every image is decoded, else only those that look empty, truncated or
     foreign in their first and last bytes (seconds for ImageNet-LT; what the DALI loader looks at)."""
     problems: list[SplitProblem] = []
     seen_in: dict[str, tuple[str, int]] = {}
     for name, file in split_files(cfg).items():
         if not Path(file).is_file():
-            problems.append(SplitProblem(file, 0, f"{name} split file not found (data.{name}_split)"))
+            problems.append(SplitProblem(file, 0, f"{name} split file not found ({split_key(name)})"))
             continue
         split, found = parse_split(file, cfg.root, cfg.num_classes, name)
         problems += found

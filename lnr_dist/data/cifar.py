@@ -7,6 +7,10 @@ balanced test set is the test split. The CIFAR-LT literature has no validation s
 test; here the last `val_per_class` training images of each class form a balanced validation split, disjoint
 from train (only head classes, whose n_c would use every image, lose those few images from train). Written in
 the ImageNet-LT layout, so every loader reads it the same way.
+
+With `unlabeled_ratio` L > 0 an unlabelled pool (`CIFAR{C}_LT_pool.txt`, lnr_dist/data/pool.py) is drawn (seeded)
+from the training images the long-tailed split left out (neither train nor val), up to L x the training count,
+written under `train/` like the other training images, with its realised counts in `CIFAR{C}_LT_pool_counts.json`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from PIL import Image
 
 from ..core import storage
 from ..core.errors import UserError
+from .pool import PoolProfile, draw_pool, write_pool_counts
 
 _LAYOUTS = {
     10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
@@ -50,11 +55,25 @@ def _read_batches(folder: Path, names: list[str], label_key: bytes) -> tuple[np.
 
 
 def make_cifar_lt(
-    cifar: str | Path, out: str | Path, num_classes: int, imb_factor: float, val_per_class: int = 20
+    cifar: str | Path,
+    out: str | Path,
+    num_classes: int,
+    imb_factor: float,
+    val_per_class: int = 20,
+    unlabeled_ratio: float = 0.0,
+    pool_profile: PoolProfile = "balanced",
+    seed: int = 0,
 ) -> dict[str, Path]:
-    """Write `out/{train,test}/<class>/<i>.png` and `CIFAR{C}_LT_{train,val,test}.txt`."""
+    """Write `out/{train,test}/<class>/<i>.png` and `CIFAR{C}_LT_{train,val,test}.txt`; returns the split paths.
+
+    With `unlabeled_ratio` > 0 also `CIFAR{C}_LT_pool.txt` and `CIFAR{C}_LT_pool_counts.json` (keys `pool`,
+    `pool_counts`), drawn with `seed` (the labelled splits do not depend on it) in the profile `pool_profile`
+    (pool.pool_counts). Raises UserError for another num_classes, a missing batch or a negative ratio.
+    """
     if num_classes not in _LAYOUTS:
         raise UserError(f"num_classes must be 10 or 100 for CIFAR, got {num_classes}")
+    if not unlabeled_ratio >= 0.0:
+        raise UserError(f"--unlabeled-ratio must be >= 0 (pool size / training size), got {unlabeled_ratio}")
     sub, train_names, test_names, label_key = _LAYOUTS[num_classes]
     folder = Path(cifar)
     if (folder / sub).is_dir():
@@ -63,16 +82,23 @@ def make_cifar_lt(
     test_x, test_y = _read_batches(folder, test_names, label_key)
     counts = exponential_profile(int(np.bincount(train_y).max()), imb_factor, num_classes)
     members = [np.flatnonzero(train_y == c) for c in range(num_classes)]
-    keep = np.concatenate([m[: min(counts[c], len(m) - val_per_class)] for c, m in enumerate(members)])
+    kept = [min(int(counts[c]), len(m) - val_per_class) for c, m in enumerate(members)]
+    keep = np.concatenate([m[:k] for m, k in zip(members, kept, strict=True)])
     held_out = np.concatenate([m[len(m) - val_per_class :] for m in members]) if val_per_class else keep[:0]
-    out = Path(out)
-    prefix = f"CIFAR{num_classes}_LT"
-    files = {}
-    for split, folder_name, images, labels, picked in (
+    parts = [
         ("train", "train", train_x, train_y, keep),
         ("val", "train", train_x, train_y, held_out),
         ("test", "test", test_x, test_y, np.arange(len(test_y))),
-    ):
+    ]
+    draw = None
+    if unlabeled_ratio > 0:
+        left = [m[k : len(m) - val_per_class] for m, k in zip(members, kept, strict=True)]
+        draw = draw_pool(left, kept, unlabeled_ratio, pool_profile, seed)
+        parts.append(("pool", "train", train_x, train_y, draw.items))
+    out = Path(out)
+    prefix = f"CIFAR{num_classes}_LT"
+    files = {}
+    for split, folder_name, images, labels, picked in parts:
         lines = []
         for i in picked:
             relative = f"{folder_name}/{int(labels[i])}/{int(i):05d}.png"
@@ -81,4 +107,6 @@ def make_cifar_lt(
             lines.append(f"{relative} {int(labels[i])}\n")
         files[split] = out / f"{prefix}_{split}.txt"
         storage.write_text(files[split], "".join(lines))
+    if draw is not None:
+        files["pool_counts"] = write_pool_counts(out / f"{prefix}_pool_counts.json", draw)
     return files

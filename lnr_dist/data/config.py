@@ -19,6 +19,9 @@ class DataConfig:
     or, with `train_crop: padded`, the CIFAR recipe: zero-pad by `crop_padding` and crop at random.
     `dali_precheck`: before the first DALI pipeline, look at the first and last bytes of every file (spread
     over the ranks) for empty, truncated or non-image files, which DALI's CPU decoder may crash on.
+    `unlabeled_split`: an unlabelled pool beside the labelled set (FixMatch, mining), a split file in the same
+    format whose images are in no other split and whose labels no training step sees (lnr_dist/data/pool.py);
+    null for none.
     """
 
     root: str
@@ -37,6 +40,7 @@ class DataConfig:
     std: tuple[float, ...] = IMAGENET_STD
     skip_corrupt: bool = False
     dali_precheck: bool = True
+    unlabeled_split: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:

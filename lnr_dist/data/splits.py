@@ -60,9 +60,18 @@ class Split:
         return f"{self.file}:{int(self.lines[index])}"
 
 
+def split_key(name: str) -> str | None:
+    """The config key of a split: data.train_split, data.val_split, data.test_split, data.unlabeled_split for the
+    pool; None for another name."""
+    if name == "pool":
+        return "data.unlabeled_split"
+    return f"data.{name}_split" if name in ("train", "val", "test") else None
+
+
 def _key_of(name: str) -> str:
     """' (data.train_split)' for the split a config key names, for messages."""
-    return f" (data.{name}_split)" if name in ("train", "val", "test") else ""
+    key = split_key(name)
+    return f" ({key})" if key else ""
 
 
 def _text_lines(file: Path) -> list[str | None]:
@@ -186,8 +195,8 @@ def load_split(file: str | Path, root: str | Path, num_classes: int | None, name
         shown = "\n".join(str(p) for p in problems[:20])
         more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise UserError(
-            f"{len(problems)} problem(s) in split file {file} (`lnr-dist data check` lists every problem of "
-            f"every split):\n{shown}{more}"
+            f"{len(problems)} problem(s) in split file {file}{_key_of(name)} (`lnr-dist data check` lists every "
+            f"problem of every split):\n{shown}{more}"
         )
     if not len(split):
         raise UserError(f"{file}: split file has no samples{_key_of(name)}")

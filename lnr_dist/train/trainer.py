@@ -34,6 +34,7 @@ from ..core.errors import UserError
 from ..core.plots import training_curves
 from ..data.loader import LoaderSpec, build_loader
 from ..data.manifest import Manifest
+from ..data.pool import load_pool
 from ..data.splits import Split, load_split, load_train_split
 from ..experiment import ExperimentConfig
 from ..models.checkpoint import (
@@ -115,11 +116,15 @@ def _check_resumable(cfg: ExperimentConfig, stage: str, out: Path, flips: dict[s
 
 
 def preflight(cfg: ExperimentConfig, stage: str, out: Path | None = None) -> dict[str, Split]:
-    """Everything that can be checked without workers: split files, the model's files, batch sizes, and that an
-    existing checkpoint in the output folder belongs to this run."""
+    """Everything that can be checked without workers: split files (and the unlabelled pool when
+    data.unlabeled_split is set: its format, labels and no path shared with another split), the model's files,
+    batch sizes, and that an existing checkpoint in the output folder belongs to this run."""
     cfg.check_global_batch(f"{stage}.batch_size", f"{stage}.eval_batch_size")
     splits = load_splits(cfg)
-    for name, split in splits.items():
+    checked = dict(splits)
+    if cfg.data.unlabeled_split is not None:
+        checked["pool"] = load_pool(cfg.data, splits).split
+    for name, split in checked.items():
         missing = next(
             (i for i in range(min(len(split), 50)) if not Path(split.full_path(i)).is_file()), None
         )

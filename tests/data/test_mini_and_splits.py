@@ -20,12 +20,28 @@ from lnr_dist.data.splits import load_split
 from ..conftest import mini_data_config
 
 
-def digest(folder) -> str:
+def digest(folder, leave_out=frozenset()) -> str:
+    """sha256 over every file's relative path and bytes, but those in `leave_out` (relative paths)."""
     h = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and str(path.relative_to(folder)) not in leave_out:
             h.update(str(path.relative_to(folder)).encode() + path.read_bytes())
     return h.hexdigest()
+
+
+def pool_files(root) -> set[str]:
+    """The files a pool adds to a mini set: its split file, its counts and its images."""
+    images = {line.rsplit(" ", 1)[0] for line in (root / "Mini_LT_pool.txt").read_text().splitlines()}
+    return {"Mini_LT_pool.txt", "Mini_LT_pool_counts.json", *images}
+
+
+# sha256 of the split files make_mini(seed=0) wrote before pools existed (commit 7d321d0): without a pool it
+# still writes exactly these, and a pool leaves them unchanged.
+SPLITS_BEFORE_POOLS = {
+    "Mini_LT_train.txt": "955beb56a223f60fbae7a45ee5356c3c6ebe4914e580807023bdff0e9017ce65",
+    "Mini_LT_val.txt": "8ecbdfeafc66bdcfc6f7a0f2d723b67005db510ead6fa9f01032f2c3ddb36b00",
+    "Mini_LT_test.txt": "e53ccb808b15764ee3c30a5bffc01fcd845a98ebccb19d1369ff27c16bc7b04c",
+}
 
 
 def test_mini_is_long_tailed_balanced_where_it_should_be_and_disjoint(mini_root):
@@ -43,10 +59,20 @@ def test_mini_is_long_tailed_balanced_where_it_should_be_and_disjoint(mini_root)
         assert image.size == (32, 32) and image.mode == "RGB"
 
 
-def test_mini_is_deterministic_for_a_seed(tmp_path, mini_root):
-    make_mini(tmp_path / "again", seed=0)
-    assert digest(tmp_path / "again") == digest(mini_root)
-    make_mini(tmp_path / "other", seed=1)
+def test_mini_is_deterministic_for_a_seed_and_without_a_pool_writes_exactly_the_labelled_set(
+    tmp_path, mini_root
+):
+    # mini_root has a pool (seed 0); ratio 0 (the default) writes the same set without the pool's files, nothing
+    # else: the pool draws from a stream of its own.
+    files = make_mini(tmp_path / "again", seed=0)
+    assert set(files) == {"train", "val", "test"}
+    again = {str(p.relative_to(tmp_path / "again")) for p in (tmp_path / "again").rglob("*") if p.is_file()}
+    everything = {str(p.relative_to(mini_root)) for p in mini_root.rglob("*") if p.is_file()}
+    assert again == everything - pool_files(mini_root)
+    assert digest(tmp_path / "again") == digest(mini_root, pool_files(mini_root))
+    for name, expected in SPLITS_BEFORE_POOLS.items():
+        assert hashlib.sha256((tmp_path / "again" / name).read_bytes()).hexdigest() == expected, name
+    make_mini(tmp_path / "other", seed=1, unlabeled_ratio=2)
     assert digest(tmp_path / "other") != digest(mini_root)
 
 

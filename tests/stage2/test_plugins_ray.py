@@ -71,7 +71,8 @@ def plugin_run(mini_root, tmp_path_factory):
     common = [
         "--config", str(REPO / "configs" / "mini.yaml"), f"data.root={mini_root}",
         f"data.train_split={mini_root}/Mini_LT_train.txt", f"data.val_split={mini_root}/Mini_LT_val.txt",
-        f"data.test_split={mini_root}/Mini_LT_test.txt", "stage1.epochs=2", "stage1.warmup_epochs=0",
+        f"data.test_split={mini_root}/Mini_LT_test.txt", f"data.unlabeled_split={mini_root}/Mini_LT_pool.txt",
+        "stage1.epochs=2", "stage1.warmup_epochs=0",
         "stage2.epochs=2", "tune.thresholds=[1.0, 2.0]", "reproduce.binary.enabled=false", "reproduce.bootstrap=0",
         "stage2.plugins=[focal_plugin_test]", "stage2.method=focal_lnr",
     ]  # fmt: skip
