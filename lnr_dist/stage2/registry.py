@@ -56,8 +56,9 @@ def bias_compensation(train: TrainConfig, manifest: Manifest) -> nn.Module:
     """The bias-compensation loss (models/losses.py BiasCompensation: logit adjustment by the training prior
     of manifest.class_counts toward a uniform target, blended into plain cross-entropy as the epochs pass):
     stage 1's `loss: bias_compensation`, and a loss factory a stage-2 method can name. In stage 2 pair it with
-    `sampler="instance"`: under class-balanced sampling the classes the head sees are already uniform and the
-    adjustment would compensate twice. Its prior is the training split's, also on flipped labels."""
+    `sampler="random"` (instance sampling): under class-balanced sampling the classes the head sees are already
+    uniform and the adjustment would compensate twice. Its prior is the training split's, also on flipped
+    labels."""
     return BiasCompensation(manifest.class_counts)
 
 

@@ -218,7 +218,7 @@ def test_the_cached_features_head_tells_its_loss_each_epoch():
     rng = np.random.default_rng(0)
     labels = {s: rng.integers(0, 3, 12) for s in ("train", "val")}
     features = {s: rng.standard_normal((12, 4)).astype(np.float32) for s in ("train", "val")}
-    method = Stage2Method("watched_xyz", "test", loss=lambda s2, m: Watched(), sampler="instance")
+    method = Stage2Method("watched_xyz", "test", loss=lambda s2, m: Watched(), sampler="random")
     s2 = Stage2Config(epochs=3, batch_size=4, lr=0.01)
     classifier = {"classifier.weight": torch.zeros(3, 4), "classifier.bias": torch.zeros(3)}
     manifest = Manifest.from_labels(labels["train"], 3)
