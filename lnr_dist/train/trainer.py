@@ -99,11 +99,14 @@ def _check_resumable(cfg: ExperimentConfig, stage: str, out: Path, flips: dict[s
                     out / "checkpoints" / "last.pt", found.damaged, found.path, found.state["epoch"])  # fmt: skip
     state, path = found.state, found.path
     saved, current = state["config"], config_lib.to_dict(cfg)
+    # a key added to the recipe after the checkpoint was written reads as its default (what that run used)
+    defaults = {section: config_lib.to_dict(type(getattr(cfg, section))()) for section in (stage, "model")}
     differences = [
         f"{section}.{key}"
         for section in (stage, "model")
         for key in sorted(set(saved[section]) | set(current[section]))
-        if key not in ("epochs", "checkpoint") and saved[section].get(key) != current[section].get(key)
+        if key not in ("epochs", "checkpoint")
+        and saved[section].get(key, defaults[section].get(key)) != current[section].get(key)
     ]
     saved_flips = state.get("results_extra", {}).get("flips") or {}
     if flips is not None and saved_flips.get("flips_sha256") != flips.get("flips_sha256"):

@@ -153,3 +153,20 @@ def test_training_resumes_from_the_previous_checkpoint_when_last_pt_is_damaged(
     assert load_checkpoint(checkpoints / "last.prev.pt")["epoch"] == 2
     best = load_checkpoint(checkpoints / "best.pt")
     assert results["best_epoch"] == best["epoch"] == best["best"]["epoch"]
+
+
+def test_a_checkpoint_from_before_a_recipe_key_existed_resumes_when_the_key_is_at_its_default(tmp_path, mini_root):
+    from lnr_dist.core import config as config_lib
+    from lnr_dist.core.errors import UserError
+    from lnr_dist.train.trainer import _check_resumable
+
+    cfg = mini_experiment(mini_root, tmp_path / "run")
+    state = training_checkpoint(0)
+    state["config"] = config_lib.to_dict(cfg)
+    del state["config"]["stage1"]["loss"], state["config"]["stage1"]["range_loss"]  # an older version's recipe
+    out = tmp_path / "run" / "stage1"
+    save_checkpoint(out / "checkpoints" / "last.pt", state)
+    _check_resumable(cfg, "stage1", out, None)  # read as the defaults that run used: resumed
+    changed = mini_experiment(mini_root, tmp_path / "run", stage1={"loss": "bias_compensation"})
+    with pytest.raises(UserError, match=r"another stage1 setup \(stage1.loss differ"):
+        _check_resumable(changed, "stage1", out, None)
