@@ -155,7 +155,9 @@ def test_training_resumes_from_the_previous_checkpoint_when_last_pt_is_damaged(
     assert results["best_epoch"] == best["epoch"] == best["best"]["epoch"]
 
 
-def test_a_checkpoint_from_before_a_recipe_key_existed_resumes_when_the_key_is_at_its_default(tmp_path, mini_root):
+def test_a_checkpoint_from_before_a_recipe_key_existed_resumes_when_the_key_is_at_its_default(
+    tmp_path, mini_root
+):
     from lnr_dist.core import config as config_lib
     from lnr_dist.core.errors import UserError
     from lnr_dist.train.trainer import _check_resumable
@@ -163,7 +165,10 @@ def test_a_checkpoint_from_before_a_recipe_key_existed_resumes_when_the_key_is_a
     cfg = mini_experiment(mini_root, tmp_path / "run")
     state = training_checkpoint(0)
     state["config"] = config_lib.to_dict(cfg)
-    del state["config"]["stage1"]["loss"], state["config"]["stage1"]["range_loss"]  # an older version's recipe
+    del (
+        state["config"]["stage1"]["loss"],
+        state["config"]["stage1"]["range_loss"],
+    )  # an older version's recipe
     out = tmp_path / "run" / "stage1"
     save_checkpoint(out / "checkpoints" / "last.pt", state)
     _check_resumable(cfg, "stage1", out, None)  # read as the defaults that run used: resumed
