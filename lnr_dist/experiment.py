@@ -145,6 +145,54 @@ class ThresholdPolicy:
 
 
 @dataclass(frozen=True)
+class RandAugmentConfig:
+    """`stage2.fixmatch.randaugment:` — FixMatch's strong view: `n` RandAugment operations of magnitude `m` on
+    the [0, 30] scale (31 bins) of torchvision's `RandAugment` and DALI's `auto_aug.rand_augment`, after the
+    train augmentation. n = 2, m = 10: the strong augmentation of the PyTorch FixMatch re-implementation
+    (kekmodel/FixMatch-pytorch, dataset/cifar.py: `RandAugmentMC(n=2, m=10)`); m on the scale of the
+    RandAugment re-implementation the source recipe uses (ildoonet/pytorch-randaugment, seed 002)."""
+
+    n: int = 2
+    m: int = 10
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or not 0 <= self.m <= 30:
+            raise ValueError(f"need n >= 1 and m in [0, 30]; got n {self.n}, m {self.m}")
+
+
+@dataclass(frozen=True)
+class FixMatchConfig:
+    """`stage2.fixmatch:` — FixMatch fine-tuning (Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning
+    with Consistency and Confidence", NeurIPS 2020) of a method whose registry entry has an unlabelled part
+    (fixmatch, fixmatch_lnr), on the pool of data.unlabeled_split.
+
+    Per labelled batch of B images: mu x B pool images, each in a weak view (the train augmentation) and a
+    strong one (weak + RandAugment, `randaugment`). The pseudo-label is argmax q, q = softmax of the weak view's
+    logits (no gradient); a pool image counts when max q >= `tau` and passes the gate: it is kept with
+    probability (n_min / n_c)^q_s for its pseudo-label c, the per-sample draw rate of `semi_sampler` (random:
+    q_s = 0, keeps all; mean: 1; reverse: 2; n_c the labelled training counts; data/sampling.py
+    keep_probabilities), the source recipe's `--semi-sampler` (seed 002). Loss = L_x + `lambda_u` x L_u, L_u the
+    cross-entropy of the strong view against the pseudo-label, summed over the kept images and divided by mu x B
+    (FixMatch's Eq. 4). mu 7, lambda_u 1, tau 0.95: the paper's defaults; semi_sampler mean: the source
+    recipe's fine-tuning command. The backbone stays frozen (its BN in eval mode), except its last block with
+    `train_last_block` (trained at the classifier's LR, lr_factor x lr, its BN in train mode).
+    """
+
+    mu: int = 7
+    lambda_u: float = 1.0
+    tau: float = 0.95
+    train_last_block: bool = False
+    semi_sampler: Sampler = "mean"
+    randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau < 1.0:
+            raise ValueError(f"tau must lie in (0, 1) (the confidence a pseudo-label needs), got {self.tau}")
+        if self.mu < 1 or self.lambda_u < 0:
+            raise ValueError(f"need mu >= 1 and lambda_u >= 0; got mu {self.mu}, lambda_u {self.lambda_u}")
+
+
+@dataclass(frozen=True)
 class Stage2Config(TrainConfig):
     """`stage2:` — classifier re-training on the same trainer, by default MiSLAS's recipe on LNR-flipped labels.
 
@@ -165,6 +213,8 @@ class Stage2Config(TrainConfig):
 
     The loss is the method's (its registry entry's loss factory, e.g. label-aware smoothing or
     `bias_compensation`): the inherited `loss` and `range_loss` keys are stage-1 settings, refused here when set.
+    `fixmatch`: the settings of the methods that also train on the unlabelled pool (FixMatchConfig); the others
+    ignore them.
     """
 
     RENAMED_KEYS: ClassVar[dict[str, str]] = {
@@ -186,6 +236,7 @@ class Stage2Config(TrainConfig):
     sampler: Sampler = "mean"
     threshold: ThresholdPolicy = field(default_factory=ThresholdPolicy)
     checkpoint: str | None = None
+    fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()

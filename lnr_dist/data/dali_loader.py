@@ -8,9 +8,17 @@ Train order: for the random sampler the reader gets a seeded global permutation 
 after every epoch (`shuffle_after_epoch`, same seed on every rank, so shards stay disjoint; the permutations
 are DALI's, not sampling.instance_order's). A class-aware sampler (mean, reverse) draws a new global order
 each epoch with sampling.sampler_order, the PyTorch loader's function, and the reader is rebuilt on this
-rank's padded shard of it. DALI draws crops and flips from per-pipeline random streams: which augmentation a
-sample gets depends on the shard layout, unlike the PyTorch loader, whose draws are keyed by (seed, index,
-epoch).
+rank's padded shard of it; so is a random order with more draws than samples (an unlabelled pool read for as
+many steps as the labelled loader takes). DALI draws crops and flips from per-pipeline random streams: which
+augmentation a sample gets depends on the shard layout, unlike the PyTorch loader, whose draws are keyed by
+(seed, index, epoch).
+
+A strong view (LoaderSpec.rand_augment, FixMatch) runs a second pipeline: the image is decoded once, cropped and
+flipped twice (two independent draws), and the second crop goes through `nvidia.dali.auto_aug.rand_augment`
+(n operations of magnitude m out of 31 bins, as torchvision's RandAugment; DALI's own operation set), which
+needs `enable_conditionals=True`. The padded background and the fill of rotations and shifts are black (0), as
+in the PyTorch path. (DALI 2.4's rand_augment calls two of its own deprecated `fn.experimental` aliases and
+prints a DeprecationWarning for each once per process, ignoring warning filters: harmless.)
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.auto_aug import rand_augment
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from ..core.errors import UserError
@@ -98,6 +107,60 @@ def _pipeline(
     return images, index
 
 
+def _crop_flip(images, padded, padding, size, scale_min):
+    """One draw of the train augmentation on decoded (H, W, 3) uint8 images -> (size, size, 3) uint8."""
+    if padded:
+        images = fn.resize(images, resize_shorter=size)
+        images = fn.crop(images, crop=(size + 2 * padding, size + 2 * padding), out_of_bounds_policy="pad")
+        images = fn.crop(
+            images,
+            crop=(size, size),
+            crop_pos_x=fn.random.uniform(range=(0.0, 1.0)),
+            crop_pos_y=fn.random.uniform(range=(0.0, 1.0)),
+        )
+    else:
+        images = fn.random_resized_crop(
+            images,
+            size=(size, size),
+            random_area=[scale_min, 1.0],
+            random_aspect_ratio=[3.0 / 4.0, 4.0 / 3.0],
+        )
+    return fn.flip(images, horizontal=fn.random.coin_flip(probability=0.5))
+
+
+@pipeline_def(enable_conditionals=True)  # rand_augment picks its operations with conditionals
+def _two_view_pipeline(
+    root, files, indices, shard_id, num_shards, padded, padding, size, scale_min, mean, std, gpu, num_ops,
+    magnitude,
+):  # fmt: skip
+    encoded, index = fn.readers.file(
+        file_root=root,
+        files=files,
+        labels=indices,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        stick_to_shard=True,
+        pad_last_batch=True,
+        name=READER,
+    )
+    images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+    weak = _crop_flip(images, padded, padding, size, scale_min)
+    strong = rand_augment.rand_augment(
+        _crop_flip(images, padded, padding, size, scale_min), n=num_ops, m=magnitude, fill_value=0
+    )
+    views = [
+        fn.crop_mirror_normalize(
+            view,
+            dtype=types.FLOAT,
+            output_layout="CHW",
+            mean=[255.0 * m for m in mean],
+            std=[255.0 * s for s in std],
+        )
+        for view in (weak, strong)
+    ]
+    return views[0], views[1], index
+
+
 class DaliLoader(BatchLoader):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -127,8 +190,10 @@ class DaliLoader(BatchLoader):
     def _reader_plan(self) -> tuple[np.ndarray, int, int, bool]:
         """(global or pre-sharded order, shard_id, num_shards, reshuffle) for the current epoch."""
         num = len(self.split)
-        if self.spec.order in CLASS_AWARE_SAMPLERS:
-            order = sampler_order(self.split.labels, self.spec.order, self.spec.seed, self.epoch)
+        if self._predrawn:
+            order = sampler_order(
+                self.split.labels, self.spec.order, self.spec.seed, self.epoch, self.spec.num_draws
+            )
             return shard_of(order, self.ctx.rank, self.ctx.world_size, pad=True), 0, 1, False
         if self.spec.order == "sequential":
             return np.arange(num), self.ctx.rank, self.ctx.world_size, False
@@ -137,11 +202,20 @@ class DaliLoader(BatchLoader):
         )  # random: the reader reshuffles
         return order, self.ctx.rank, self.ctx.world_size, True
 
+    @property
+    def _predrawn(self) -> bool:
+        """The order is drawn here each epoch (a class-aware sampler, or a set number of draws) and the reader
+        rebuilt on this rank's shard of it."""
+        return self.spec.order in CLASS_AWARE_SAMPLERS or self.spec.num_draws is not None
+
     def _build(self) -> DALIGenericIterator:
         if not self._checked:
             self._check_files()
         order, shard_id, num_shards, shuffle = self._reader_plan()
         cfg = self.cfg
+        policy = LastBatchPolicy.FILL if self.spec.pad else LastBatchPolicy.PARTIAL
+        if self.spec.rand_augment is not None:
+            return self._build_two_views(order, shard_id, num_shards, policy)
         pipe = _pipeline(
             batch_size=self.spec.batch_size,
             num_threads=max(cfg.num_threads, 1),
@@ -164,17 +238,44 @@ class DaliLoader(BatchLoader):
             gpu=self.gpu,
         )
         pipe.build()
-        policy = LastBatchPolicy.FILL if self.spec.pad else LastBatchPolicy.PARTIAL
         return DALIGenericIterator(
             [pipe], ["images", "indices"], reader_name=READER, last_batch_policy=policy
+        )
+
+    def _build_two_views(
+        self, order: np.ndarray, shard_id: int, num_shards: int, policy: LastBatchPolicy
+    ) -> DALIGenericIterator:
+        """The weak + strong pipeline (_two_view_pipeline) over `order`."""
+        cfg = self.cfg
+        pipe = _two_view_pipeline(
+            batch_size=self.spec.batch_size,
+            num_threads=max(cfg.num_threads, 1),
+            device_id=self.ctx.local_rank if self.gpu else None,
+            seed=self.spec.seed * 1000 + self.ctx.rank,
+            root=self.split.root,
+            files=[self.split.paths[int(i)] for i in order],
+            indices=[int(i) for i in order],
+            shard_id=shard_id,
+            num_shards=num_shards,
+            padded=cfg.train_crop == "padded",
+            padding=cfg.crop_padding,
+            size=cfg.image_size,
+            scale_min=cfg.crop_scale_min,
+            mean=cfg.mean,
+            std=cfg.std,
+            gpu=self.gpu,
+            num_ops=self.spec.rand_augment[0],
+            magnitude=self.spec.rand_augment[1],
+        )
+        pipe.build()
+        return DALIGenericIterator(
+            [pipe], ["images", "strong", "indices"], reader_name=READER, last_batch_policy=policy
         )
 
     def _epoch_iterator(self) -> DALIGenericIterator:
         # A class-aware order is drawn anew each epoch, so that reader is rebuilt; the others reset (and
         # reshuffle: random's permutations come from the reader's own shuffle_after_epoch).
-        if self._iterator is None or (
-            self.spec.order in CLASS_AWARE_SAMPLERS and self._built_epoch != self.epoch
-        ):
+        if self._iterator is None or (self._predrawn and self._built_epoch != self.epoch):
             self._iterator, self._built_epoch = self._build(), self.epoch
         elif self._needs_reset:
             self._iterator.reset()
@@ -182,8 +283,8 @@ class DaliLoader(BatchLoader):
         return self._iterator
 
     def __len__(self) -> int:
-        if self.spec.order in CLASS_AWARE_SAMPLERS or self.spec.pad:
-            size = math.ceil(len(self.split) / self.ctx.world_size)
+        if self._predrawn or self.spec.pad:
+            size = math.ceil(self.draws / self.ctx.world_size)
         else:
             start, stop = shard_bounds(len(self.split), self.ctx.rank, self.ctx.world_size)
             size = stop - start
@@ -194,14 +295,14 @@ class DaliLoader(BatchLoader):
         seen = np.zeros(len(self.split), dtype=bool)
         try:
             for outputs in self._epoch_iterator():  # building it already decodes the first batch
-                images = outputs[0]["images"]
+                images, strong = outputs[0]["images"], outputs[0].get("strong")
                 indices = outputs[0]["indices"].reshape(-1).to(torch.int64).cpu()
                 if not self.spec.pad:  # drop padding duplicates by index
                     fresh = ~torch.from_numpy(seen[indices.numpy()])
                     seen[indices.numpy()] = True
                     images, indices = images[fresh.to(images.device)], indices[fresh]
                 labels = torch.from_numpy(self.split.labels[indices.numpy()])
-                yield Batch(images, labels, indices)
+                yield Batch(images, labels, indices, strong=strong)
         except RuntimeError as exc:
             if "decoders" not in str(exc):
                 raise

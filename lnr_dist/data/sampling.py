@@ -82,14 +82,51 @@ def class_aware_order(labels: np.ndarray, sampler: str, num_draws: int, seed: in
     return by_class[starts[classes] + offsets]
 
 
-def sampler_order(labels: np.ndarray, sampler: str, seed: int, epoch: int) -> np.ndarray:
-    """One epoch's global order under `sampler`, len(labels) indices: random is instance_order's permutation
-    (every sample once), mean and reverse are class_aware_order's draws. labels: (N,) int; returns (N,) int64.
-    The same on every rank (shard it with shard_of). Raises ValueError for an unknown sampler."""
+def repeated_permutations(num_samples: int, num_draws: int, seed: int, epoch: int) -> np.ndarray:
+    """`num_draws` indices of [0, num_samples): whole permutations one after another, cut at num_draws. The
+    first is instance_order's (so num_draws == num_samples is that order), the next ones come from a stream of
+    their own. Every index is read once per pass: an unlabelled pool read for as many steps as the labelled
+    loader takes (FixMatch's mu x B pool images per step) passes over the pool several times per epoch.
+    Returns (num_draws,) int64; raises ValueError when num_draws > 0 and num_samples < 1."""
+    if num_draws > 0 and num_samples < 1:
+        raise ValueError("repeated_permutations: nothing to draw from (num_samples < 1)")
+    first = instance_order(num_samples, True, seed, epoch)
+    if num_draws <= num_samples:
+        return first[:num_draws]
+    rng = _epoch_rng(seed, epoch, 3)
+    passes = -(-num_draws // num_samples)
+    more = [rng.permutation(num_samples).astype(np.int64) for _ in range(passes - 1)]
+    return np.concatenate([first, *more])[:num_draws]
+
+
+def sampler_order(
+    labels: np.ndarray, sampler: str, seed: int, epoch: int, num_draws: int | None = None
+) -> np.ndarray:
+    """One epoch's global order under `sampler`, `num_draws` indices (None: len(labels)): random is
+    instance_order's permutation (every sample once; repeated_permutations when more draws than samples),
+    mean and reverse are class_aware_order's draws. labels: (N,) int (ignored by random, so an unlabelled pool's
+    -1 labels are fine there); returns (num_draws,) int64. The same on every rank (shard it with shard_of).
+    Raises ValueError for an unknown sampler."""
     labels = np.asarray(labels, dtype=np.int64)
+    draws = labels.size if num_draws is None else num_draws
     if _power(sampler) == 0.0:
-        return instance_order(labels.size, True, seed, epoch)
-    return class_aware_order(labels, sampler, labels.size, seed, epoch)
+        return repeated_permutations(labels.size, draws, seed, epoch)
+    return class_aware_order(labels, sampler, draws, seed, epoch)
+
+
+def keep_probabilities(counts: np.ndarray, sampler: str) -> np.ndarray:
+    """How likely `sampler` draws one given sample of class c, relative to a sample of the most likely class:
+    p_c = (w_c / n_c) / max_k (w_k / n_k) with w = class_weights(counts, sampler), i.e. (n_min / n_c)^q.
+
+    FixMatch's gate (stage2.fixmatch.semi_sampler): a confident pseudo-label of class c is kept with probability
+    p_c, so the consistency loss sees the pool as that sampler would draw it. random (q = 0) keeps every one
+    (plain FixMatch), mean keeps class c with probability n_min / n_c (the Bernoulli mask of ABC, Lee et al.,
+    NeurIPS 2021), reverse with (n_min / n_c)^2. counts: (C,) class counts; returns (C,) float64 in [0, 1], 0
+    for an empty class. Raises ValueError like class_weights."""
+    counts = np.asarray(counts, dtype=np.float64)
+    weights = class_weights(counts, sampler)
+    per_sample = np.divide(weights, counts, out=np.zeros_like(weights), where=counts > 0)
+    return per_sample / per_sample.max()
 
 
 def shard_of(order: np.ndarray, rank: int, world_size: int, pad: bool) -> np.ndarray:

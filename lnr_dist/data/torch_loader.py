@@ -14,14 +14,23 @@ from .decode import load_rgb
 from .loader import Batch, BatchLoader
 from .sampling import sampler_order, shard_of
 from .splits import Split
-from .transforms import ImageTransform, sample_rng
+from .transforms import STRONG_STREAM, ImageTransform, StrongTransform, sample_rng
 
 
 class _Samples(Dataset):
-    """Item (index, epoch) -> (image, label, index), or (None, path, index) for a skipped undecodable file."""
+    """Item (index, epoch) -> (image, label, index), or (None, path, index) for a skipped undecodable file; with
+    a strong transform, image is the pair (weak, strong)."""
 
-    def __init__(self, split: Split, transform: ImageTransform, seed: int, skip_corrupt: bool) -> None:
+    def __init__(
+        self,
+        split: Split,
+        transform: ImageTransform,
+        seed: int,
+        skip_corrupt: bool,
+        strong: StrongTransform | None = None,
+    ) -> None:
         self.split, self.transform, self.seed, self.skip_corrupt = split, transform, seed, skip_corrupt
+        self.strong = strong
 
     def __len__(self) -> int:
         return len(self.split)
@@ -38,18 +47,23 @@ class _Samples(Dataset):
                 f"{self.split.where(index)}: cannot decode image {path}: {exc} (fix or drop it: "
                 "`lnr-dist data check --decode` lists every such image; data.skip_corrupt: true skips them)"
             ) from exc
-        return self.transform(rgb, sample_rng(self.seed, index, epoch)), int(self.split.labels[index]), index
+        image = self.transform(rgb, sample_rng(self.seed, index, epoch))
+        if self.strong is not None:
+            image = (image, self.strong(rgb, sample_rng(self.seed, index, epoch, STRONG_STREAM)))
+        return image, int(self.split.labels[index]), index
 
 
 def _collate(items: list) -> Batch:
     kept = [item for item in items if item[0] is not None]
     skipped = [item[1] for item in items if item[0] is None]
-    images = torch.stack([item[0] for item in kept]) if kept else torch.zeros(0)
+    two_views = bool(kept) and isinstance(kept[0][0], tuple)
+    weak = [item[0][0] if two_views else item[0] for item in kept]
     return Batch(
-        images,
+        torch.stack(weak) if kept else torch.zeros(0),
         torch.tensor([item[1] for item in kept], dtype=torch.int64),
         torch.tensor([item[2] for item in kept], dtype=torch.int64),
         skipped,
+        torch.stack([item[0][1] for item in kept]) if two_views else None,
     )
 
 
@@ -69,7 +83,10 @@ class TorchLoader(BatchLoader):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         transform = ImageTransform(self.cfg, train=self.spec.augment)
-        dataset = _Samples(self.split, transform, self.spec.seed, self.cfg.skip_corrupt)
+        strong = (
+            None if self.spec.rand_augment is None else StrongTransform(transform, *self.spec.rand_augment)
+        )
+        dataset = _Samples(self.split, transform, self.spec.seed, self.cfg.skip_corrupt, strong)
         workers = self.cfg.num_threads
         self._loader = DataLoader(
             dataset,
@@ -89,7 +106,9 @@ class TorchLoader(BatchLoader):
         if self.spec.order == "sequential":
             order = np.arange(len(self.split), dtype=np.int64)
         else:
-            order = sampler_order(self.split.labels, self.spec.order, self.spec.seed, self.epoch)
+            order = sampler_order(
+                self.split.labels, self.spec.order, self.spec.seed, self.epoch, self.spec.num_draws
+            )
         return shard_of(order, self.ctx.rank, self.ctx.world_size, self.spec.pad)
 
     def __len__(self) -> int:

@@ -5,17 +5,21 @@ trainer (train/engine.py, train/trainer.py) and the cached-features heads (featu
 `EpochScheduled` losses change with training progress and are told the epoch before each one
 (`set_loss_epoch`); a `FeatureLoss` also reads the penultimate features (forward(logits, targets, features)),
 which the trainer asks the model for (Network.forward(images, return_features=True)) through the DDP wrapper.
+FixMatch's consistency loss on unlabelled images (FixMatchConsistency) has its own signature: it reads the
+logits of two views and the pool's dataset indices.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..lnr.rng import uniforms
 
 SmoothingProfile = Literal["concave", "linear", "convex"]
 
@@ -195,3 +199,65 @@ class WithRangeLoss(FeatureLoss):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.base(logits, target) + self.beta * self.range_loss(features, target)
+
+
+# The gate's uniforms use lnr.rng's class coordinate for the epoch, offset past any class index, so that they
+# never coincide with the draws LNR makes for (seed, index, class).
+GATE_STREAM = 2**32
+
+
+class ConsistencyTerms(NamedTuple):
+    """loss: scalar float32; pseudo (U,) int64 pseudo-labels; confident (U,) bool (max q >= tau); kept (U,) bool
+    (confident and through the gate: the samples the loss counts)."""
+
+    loss: torch.Tensor
+    pseudo: torch.Tensor
+    confident: torch.Tensor
+    kept: torch.Tensor
+
+
+def gate_uniforms(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
+    """(U,) float64 uniforms in [0, 1) keyed by (seed, epoch, dataset index): the same on any rank, batch or
+    worker count (lnr.rng.uniforms with the class coordinate GATE_STREAM + epoch)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    return uniforms(seed, indices, np.full(indices.shape, GATE_STREAM + epoch, dtype=np.int64))
+
+
+class FixMatchConsistency(nn.Module):
+    """FixMatch's unlabelled loss (Sohn et al., NeurIPS 2020, Eq. 4) with the source recipe's gate (seed 002).
+
+    For U pool images: q = softmax(weak logits) (detached), pseudo = argmax q, confident = max q >= tau; a
+    confident image is kept when u < keep[pseudo], u = gate_uniforms(seed, epoch, index); loss = sum over kept of
+    CE(strong logits, pseudo) / U (divided by all U, as FixMatch averages over the whole mu x B batch).
+
+    Args:
+        tau: confidence threshold in (0, 1).
+        keep: (C,) probability of keeping a confident pseudo-label of each class, in [0, 1]
+            (data/sampling.py keep_probabilities; all ones = plain FixMatch).
+        seed: the gate's seed (the experiment's).
+
+    forward(weak_logits (U, C), strong_logits (U, C), indices (U,) int64 dataset indices of the pool, epoch
+    int) -> ConsistencyTerms. U = 0 gives a zero loss.
+    """
+
+    def __init__(self, tau: float, keep: np.ndarray, seed: int) -> None:
+        super().__init__()
+        if not 0.0 < tau < 1.0:
+            raise ValueError(f"tau must lie in (0, 1), got {tau}")
+        keep = np.asarray(keep, dtype=np.float64)
+        if keep.ndim != 1 or keep.min() < 0 or keep.max() > 1:
+            raise ValueError("keep must be a (C,) vector of probabilities")
+        self.tau, self.seed = tau, seed
+        self.register_buffer("keep", torch.as_tensor(keep, dtype=torch.float64))
+
+    def forward(
+        self, weak_logits: torch.Tensor, strong_logits: torch.Tensor, indices: torch.Tensor, epoch: int
+    ) -> ConsistencyTerms:
+        with torch.no_grad():
+            confidence, pseudo = F.softmax(weak_logits.detach().float(), dim=1).max(dim=1)
+            confident = confidence >= self.tau
+            draws = gate_uniforms(self.seed, epoch, indices.cpu().numpy())
+            kept = confident & (torch.from_numpy(draws).to(self.keep.device) < self.keep[pseudo])
+        per_sample = F.cross_entropy(strong_logits.float(), pseudo, reduction="none")
+        loss = (per_sample * kept).sum() / max(weak_logits.shape[0], 1)
+        return ConsistencyTerms(loss, pseudo, confident, kept)

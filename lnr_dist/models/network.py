@@ -58,19 +58,28 @@ class Network(nn.Module):
         self.feature_dim = feature_dim
         self.features_frozen = False
         self.shift_bn = False
+        # a tuple, not a submodule attribute: the block is registered once already, inside `features`
+        self.trained_blocks: tuple[nn.Module, ...] = ()
 
-    def freeze_features(self, shift_bn: bool = False) -> None:
+    def freeze_features(self, shift_bn: bool = False, train_last_block: bool = False) -> None:
         """Stage 2: features stop learning (no gradients, no_grad forward). Their BatchNorm layers stay in eval
         mode, or with `shift_bn` follow train mode so that their statistics are re-estimated on stage 2's
-        class-balanced stream (MiSLAS's shift learning)."""
+        class-balanced stream (MiSLAS's shift learning). With `train_last_block`, the trunk's last block
+        (`last_block()`) keeps learning, its BatchNorm in train mode (FixMatch fine-tuning's option)."""
         self.features_frozen, self.shift_bn = True, shift_bn
         for p in self.features.parameters():
             p.requires_grad_(False)
+        self.trained_blocks = (self.features.last_block(),) if train_last_block else ()
+        for block in self.trained_blocks:
+            for p in block.parameters():
+                p.requires_grad_(True)
 
     def train(self, mode: bool = True) -> Network:
         super().train(mode)
         if self.features_frozen:
             self.features.train(mode and self.shift_bn)
+            for block in self.trained_blocks:
+                block.train(mode)
         return self
 
     def enable_weight_scaling(self) -> None:
@@ -87,7 +96,8 @@ class Network(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) -> logits (B, C); with `return_features`, (logits, features (B, feature_dim)) in
         one pass, so that a loss on the features (range loss) trains through the DDP wrapper's forward."""
-        if self.features_frozen:
+        # a trained last block needs the graph; frozen layers before it build none (nothing there requires grad)
+        if self.features_frozen and not self.trained_blocks:
             with torch.no_grad():
                 features = self.features(images)
         else:
@@ -116,6 +126,10 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def last_block(self) -> nn.Module:
+        """The third conv block (conv, BN, ReLU, pool)."""
+        return nn.Sequential(*list(self.body)[8:12])
 
 
 class _CifarBlock(nn.Module):
@@ -162,6 +176,10 @@ class CifarResNet(nn.Module):
         out = self.stages(F.relu(self.bn(self.conv(x))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
+    def last_block(self) -> nn.Module:
+        """The last basic block of the last stage."""
+        return self.stages[-1]
+
 
 class TorchvisionTrunk(nn.Module):
     """A torchvision ResNet without its fc: image -> pooled feature vector."""
@@ -174,6 +192,10 @@ class TorchvisionTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def last_block(self) -> nn.Module:
+        """The last residual block of layer4."""
+        return self.net.layer4[-1]
 
 
 class PlacesTrunk(nn.Module):
@@ -199,6 +221,10 @@ class PlacesTrunk(nn.Module):
         with torch.no_grad():
             x = self.frozen(x)
         return F.adaptive_avg_pool2d(self.extra(x), 1).flatten(1)
+
+    def last_block(self) -> nn.Module:
+        """The extra bottleneck block on top of the frozen ResNet-152."""
+        return self.extra
 
 
 def _load_pretrained_resnet152(path: str) -> ResNet:

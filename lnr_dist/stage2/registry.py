@@ -12,7 +12,10 @@ A method declares what it trains on and how:
   `sampler` (random, mean or reverse of data/sampling.py, or config: stage2.sampler), `lws` (the head:
   classifier + learnable weight scaling), `resample` (cached features only: e.g. SMOTE);
 - `stage1`: the backbone it starts from (a `Backbone`: the stage-1 recipe and its run folder), and `retrain`:
-  False for a method whose result is that stage-1 model itself (ce, mixup).
+  False for a method whose result is that stage-1 model itself (ce, mixup);
+- `unlabeled`: a factory of its unlabelled part (`Unlabeled`: a consistency loss on the pool of
+  data.unlabeled_split, its batch ratio, weight and strong augmentation; images backend only), e.g. `fixmatch`.
+  The trainer reads the pool through data/pool.py's label-free view: no pool label reaches training.
 
 A user's method is a module named in `stage2.plugins` that calls `register(Stage2Method(...))` when imported;
 `method_of` imports the plugins first, so the driver, every Ray worker and every SLURM task sees the same
@@ -31,10 +34,10 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..data.manifest import Manifest
-from ..data.sampling import SAMPLER_POWERS, Sampler
+from ..data.sampling import SAMPLER_POWERS, Sampler, keep_probabilities
 from ..experiment import ExperimentConfig, Stage2Config, ThresholdPolicy, TrainConfig
 from ..lnr import FlipTable
-from ..models.losses import BiasCompensation, LabelAwareSmoothing, smoothing_per_class
+from ..models.losses import BiasCompensation, FixMatchConsistency, LabelAwareSmoothing, smoothing_per_class
 from .flip_sources import LNR_FLIPS, ORIGINAL_LABELS, RANDOM_FLIPS, LabelContext, LabelPolicy, tuned_threshold
 from .oversample import adasyn, smote
 
@@ -60,6 +63,42 @@ def bias_compensation(train: TrainConfig, manifest: Manifest) -> nn.Module:
     uniform and the adjustment would compensate twice. Its prior is the training split's, also on flipped
     labels."""
     return BiasCompensation(manifest.class_counts)
+
+
+@dataclass(frozen=True)
+class Unlabeled:
+    """A method's unlabelled part, built per run: per labelled batch of B images, `ratio` x B pool images in a
+    weak and a strong view (`rand_augment` = (n, m) of RandAugment on top of the train augmentation), and
+    `weight` x consistency(weak logits (U, C), strong logits (U, C), pool indices (U,), epoch) ->
+    models.losses.ConsistencyTerms added to the labelled loss. `train_last_block`: the backbone's last block
+    trains too (else the classifier and LWS only)."""
+
+    consistency: nn.Module
+    ratio: int
+    weight: float
+    rand_augment: tuple[int, int]
+    train_last_block: bool = False
+
+
+UnlabeledFactory = Callable[[Stage2Config, Manifest, int], Unlabeled]
+
+
+def fixmatch(s2: Stage2Config, manifest: Manifest, seed: int) -> Unlabeled:
+    """FixMatch fine-tuning from stage2.fixmatch (experiment.FixMatchConfig): consistency on confident
+    pseudo-labels (tau), gated by stage2.fixmatch.semi_sampler's per-sample rates on the labelled training
+    counts (manifest.class_counts; data/sampling.py keep_probabilities), seeded by `seed`. The frozen backbone
+    keeps its BN in eval mode, so stage2.shift_bn is refused (UserError naming the key)."""
+    fm = s2.fixmatch
+    if s2.shift_bn:
+        raise UserError(
+            f"stage2.shift_bn: method {s2.method} keeps the frozen backbone's BatchNorm in eval mode (FixMatch "
+            "fine-tuning); set stage2.shift_bn=false"
+        )
+    keep = keep_probabilities(manifest.class_counts, fm.semi_sampler)
+    return Unlabeled(
+        FixMatchConsistency(fm.tau, keep, seed), fm.mu, fm.lambda_u, (fm.randaugment.n, fm.randaugment.m),
+        fm.train_last_block,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -122,6 +161,7 @@ class Stage2Method:
     resample: Resample | None = None
     stage1: str = "mixup"
     retrain: bool = True
+    unlabeled: UnlabeledFactory | None = None
 
     def __post_init__(self) -> None:
         if self.stage1 not in BACKBONES:
@@ -137,6 +177,10 @@ class Stage2Method:
         if self.resample is not None and self.backends != ("features",):
             raise ValueError(
                 f"method {self.name}: resample works on cached features: backends must be ('features',)"
+            )
+        if self.unlabeled is not None and self.backends != ("images",):
+            raise ValueError(
+                f"method {self.name}: an unlabelled part augments images: backends must be ('images',)"
             )
 
     def sampler_of(self, s2: Stage2Config) -> Sampler:
@@ -263,5 +307,20 @@ for _method in (
         stage1="bias_compensation",
     ),
     Stage2Method("range_loss", "MiSLAS stage 2 on the range-loss backbone (stage 1)", stage1="range_loss"),
+    # mislas and lnr plus FixMatch on the pool: what they add over those two is the unlabelled part alone
+    Stage2Method(
+        "fixmatch",
+        "MiSLAS stage 2 + FixMatch on the unlabelled pool (stage2.fixmatch)",
+        backends=("images",),
+        unlabeled=fixmatch,
+    ),
+    Stage2Method(
+        "fixmatch_lnr",
+        "stage 2 on LNR flips at the tuned threshold + FixMatch on the unlabelled pool",
+        LNR_FLIPS,
+        "tuned",
+        backends=("images",),
+        unlabeled=fixmatch,
+    ),
 ):
     register(_method)

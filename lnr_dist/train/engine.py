@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,18 @@ from ..models.losses import FeatureLoss, mixup
 from .metrics import MetricSums
 
 LabelMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class UnlabeledStream:
+    """The unlabelled side of a training epoch (FixMatch): `loader` yields one pool batch per labelled batch
+    (images = weak view, strong = strong view, labels all -1 and never read); `weight` x `consistency`(weak
+    logits (U, C), strong logits (U, C), indices (U,), epoch) -> models.losses.ConsistencyTerms is added to the
+    labelled loss."""
+
+    loader: BatchLoader
+    consistency: nn.Module
+    weight: float
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,18 +122,30 @@ def train_one_epoch(
     rng: np.random.Generator | None = None,
     amp: bool = False,
     channels_last: bool = False,
+    unlabeled: UnlabeledStream | None = None,
 ) -> dict[str, Any]:
     """Train for one epoch; returns loss/accuracy summed over all ranks, the last LR and the time.
 
     Under mixup the loss is lam * loss_fn(y) + (1 - lam) * loss_fn(y_perm). A FeatureLoss also gets the
     penultimate features, asked of the model itself (model(images, return_features=True)) so that a DDP-wrapped
     model's gradient hooks see them. An EpochScheduled loss is told the epoch by the caller (set_loss_epoch).
+
+    With `unlabeled` (FixMatch, Sohn et al. 2020, Eq. 2-4): each step also reads one pool batch and runs ONE
+    forward of [labelled; weak; strong] through the model (so DDP sees one forward per backward, and a trained
+    block's BatchNorm sees all three as in FixMatch); the weak logits are detached (the pseudo-labels take no
+    gradient) and loss = L_x + weight x L_u. The pool's labels are never read. Adds unlabeled_loss (mean L_u
+    per step), pool_confident and pool_kept (fractions of pool images with max q >= tau, and kept by the gate
+    too) to the returned stats.
     """
     model.train()
     wants_features = isinstance(loss_fn, FeatureLoss)
-    sums = np.zeros(3)  # loss * n, correct (lam-weighted under mixup), n
+    # loss * n, correct (lam-weighted under mixup), n; L_u, steps with pool images, pool images, confident, kept
+    sums = np.zeros(8)
+    pool_batches = iter(unlabeled.loader) if unlabeled is not None else None
     start = time.perf_counter()
     for step, batch in enumerate(loader):
+        # one pool batch per labelled step, also on a skipped step, so that the two streams stay aligned
+        pool = next(pool_batches, None) if pool_batches is not None else None
         if batch.images.shape[0] == 0:  # every image of the batch was skipped as undecodable
             scheduler.step()  # the schedule counts loader steps (per epoch: step // len(loader)): keep in step
             continue
@@ -130,11 +155,22 @@ def train_one_epoch(
         targets, lam = (labels, labels), 1.0
         if mixup_alpha > 0:
             images, *targets, lam = mixup(images, labels, mixup_alpha, rng or np.random.default_rng())
+        n = images.shape[0]
+        if pool is not None and pool.images.shape[0]:
+            views = [_prepare(v, device, channels_last) for v in (pool.images, pool.strong)]
+            images = torch.cat([images, *views])
         with torch.autocast(device.type, enabled=amp):
             logits, *features = model(images, return_features=True) if wants_features else (model(images),)
+        logits, pool_logits, features = logits[:n], logits[n:], [f[:n] for f in features]
         loss = loss_fn(logits, targets[0], *features)
         if mixup_alpha > 0:
             loss = lam * loss + (1.0 - lam) * loss_fn(logits, targets[1], *features)
+        if pool_logits.shape[0]:
+            weak, strong = pool_logits.chunk(2)
+            terms = unlabeled.consistency(weak.detach(), strong, pool.indices.to(device), epoch)
+            loss = loss + unlabeled.weight * terms.loss
+            counts = (weak.shape[0], terms.confident.sum().item(), terms.kept.sum().item())
+            sums[3:] += (terms.loss.item(), 1, *counts)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped "
@@ -148,16 +184,20 @@ def train_one_epoch(
         with torch.no_grad():
             predicted = logits.argmax(1)
             hits = lam * (predicted == targets[0]).sum() + (1 - lam) * (predicted == targets[1]).sum()
-        n = labels.shape[0]
-        sums += (loss.item() * n, hits.item(), n)
-    loss_sum, correct, seen = all_reduce_sum(sums)
-    return {
+        sums[:3] += (loss.item() * n, hits.item(), n)
+    loss_sum, correct, seen, unlabeled_sum, pool_steps, pool_seen, confident, kept = all_reduce_sum(sums)
+    stats = {
         "train_loss": loss_sum / max(seen, 1),
         "train_acc": 100.0 * correct / max(seen, 1),
         "lr": optimizer.param_groups[0]["lr"],
         "train_images": int(seen),
         "train_seconds": time.perf_counter() - start,
     }
+    if unlabeled is not None:
+        stats["unlabeled_loss"] = unlabeled_sum / max(pool_steps, 1)
+        stats["pool_confident"] = confident / max(pool_seen, 1)
+        stats["pool_kept"] = kept / max(pool_seen, 1)
+    return stats
 
 
 @torch.inference_mode()

@@ -29,7 +29,7 @@ import torch
 
 from ..core import config as config_lib
 from ..core import storage
-from ..core.dist import all_gather_arrays, barrier
+from ..core.dist import RankContext, all_gather_arrays, barrier
 from ..core.errors import UserError
 from ..core.plots import training_curves
 from ..data.loader import LoaderSpec, build_loader
@@ -51,15 +51,23 @@ from ..models.losses import set_loss_epoch
 from ..runtime.faults import inject_fault
 from ..runtime.raycluster import run_workers, worker_setup
 from .calibration import fit_temperature, metrics_at
-from .engine import build_lr_scheduler, build_optimizer, collect_logits, evaluate, train_one_epoch
+from .engine import (
+    UnlabeledStream,
+    build_lr_scheduler,
+    build_optimizer,
+    collect_logits,
+    evaluate,
+    train_one_epoch,
+)
 from .metrics import compute_metrics
-from .recipes import build_recipe
+from .recipes import Recipe, build_recipe
 
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = (
     "epoch", "lr", "train_loss", "train_acc", "val_top1", "val_balanced_acc", "val_many", "val_medium", "val_few",
-    "val_ece", "val_nll", "train_images", "train_seconds", "images_per_second",
+    "val_ece", "val_nll", "train_images", "train_seconds", "images_per_second", "unlabeled_loss",
+    "pool_confident", "pool_kept",
 )  # fmt: skip
 
 
@@ -161,7 +169,8 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
-        return [{k: (int(v) if k in ("epoch", "train_images") else float(v)) for k, v in row.items()}
+        # an empty cell is a value the run did not have (no pool, a non-finite metric): left out of the row
+        return [{k: (int(v) if k in ("epoch", "train_images") else float(v)) for k, v in row.items() if v}
                 for row in csv.DictReader(handle)]  # fmt: skip
 
 
@@ -182,6 +191,22 @@ def _best_of_resumed_run(path: Path, best: dict[str, Any], start_epoch: int) -> 
     log.warning("%s does not hold the best epoch %d of the resumed run (damaged or missing): the best epoch is "
                 "chosen again from epoch %d on", path, best["epoch"], start_epoch)  # fmt: skip
     return {**best, "value": float("-inf"), "epoch": -1}
+
+
+def unlabeled_stream(
+    cfg: ExperimentConfig, recipe: Recipe, steps: int, per_worker: int, ctx: RankContext, device: torch.device
+) -> UnlabeledStream | None:
+    """The pool side of a recipe with an unlabelled part (None without one): a loader of part.ratio x
+    `per_worker` pool images per step in weak and strong views, for the `steps` steps of the labelled loader
+    (whole passes over the pool, reshuffled each pass, sharded by global rank), and the part's consistency
+    term on `device`. The pool view it reads carries no labels (data/pool.py)."""
+    if recipe.unlabeled is None:
+        return None
+    part = recipe.unlabeled.part
+    pool_batch = part.ratio * per_worker
+    spec = LoaderSpec.unlabeled(pool_batch, cfg.seed, steps * pool_batch * ctx.world_size, part.rand_augment)
+    loader = build_loader(cfg.data, recipe.unlabeled.pool, spec, ctx)
+    return UnlabeledStream(loader, part.consistency.to(device), part.weight)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -214,6 +239,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         cfg.data, splits["train"], LoaderSpec.train(per_worker, cfg.seed, recipe.sampler), ctx
     )
     val_loader = build_loader(cfg.data, splits["val"], LoaderSpec.evaluate(eval_per_worker), ctx)
+    unlabeled = unlabeled_stream(cfg, recipe, len(train_loader), per_worker, ctx, device)
     scheduler = build_lr_scheduler(optimizer, train_cfg, len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     config_dict = config_lib.to_dict(cfg)
@@ -235,16 +261,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, train_cfg.epochs):
         inject_fault(cfg.fault, ctx, epoch, out)
         train_loader.set_epoch(epoch)
+        if unlabeled is not None:
+            unlabeled.loader.set_epoch(epoch)
         rng = np.random.default_rng([cfg.seed, ctx.rank, epoch])
         set_loss_epoch(loss_fn, epoch, train_cfg.epochs)  # a resumed run's loss starts at its resumed epoch
         stats = train_one_epoch(
             model, train_loader, optimizer, scheduler, scaler, loss_fn, device, epoch,
             mixup_alpha=train_cfg.mixup_alpha, label_map=recipe.label_map, rng=rng, amp=amp,
-            channels_last=channels_last,
+            channels_last=channels_last, unlabeled=unlabeled,
         )  # fmt: skip
-        if train_loader.skipped:
-            log.warning("epoch %d: skipped %d undecodable images: %s", epoch, len(train_loader.skipped),
-                        ", ".join(train_loader.skipped))  # fmt: skip
+        for loader in (train_loader, *([unlabeled.loader] if unlabeled is not None else [])):
+            if loader.skipped:
+                log.warning("epoch %d: skipped %d undecodable images of %s: %s", epoch, len(loader.skipped),
+                            loader.split.file, ", ".join(loader.skipped))  # fmt: skip
         val = compute_metrics(
             evaluate(unwrap(model), val_loader, device, manifest.num_classes, amp=amp, channels_last=channels_last)
             .all_reduced(), manifest,
@@ -273,6 +302,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             stage, epoch + 1, train_cfg.epochs, stats["train_loss"], val["top1"], val["balanced_acc"],
             val["few"], val["ece"], row["images_per_second"],
         )  # fmt: skip
+        if unlabeled is not None:
+            log.info("%s epoch %d: pool loss %.4f, confident %.1f%%, kept %.1f%%", stage, epoch + 1,
+                     stats["unlabeled_loss"], 100 * stats["pool_confident"], 100 * stats["pool_kept"])  # fmt: skip
         ray.train.report(storage.finite({k: v for k, v in row.items() if isinstance(v, (int, float))}))
         barrier()
 
