@@ -214,7 +214,8 @@ def register_method(method: Stage2Method, replace_existing: bool = False) -> Sta
     stage2.method and reproduce.methods accept its name.
 
     `lnr_dist.Stage2Method(name, description, labels=..., threshold="none"|"fixed"|"tuned", backends=...,
-    loss=..., sampler=..., lws=..., resample=..., stage1="mixup"|"ce", retrain=True)` describes it; label
+    loss=..., sampler=..., lws=..., resample=..., stage1="mixup"|"ce", retrain=True, unlabeled=None)` describes
+    it (unlabeled: e.g. lnr_dist.stage2.registry.fixmatch, FixMatch on the pool of data.unlabeled_split); label
     policies are in lnr_dist.stage2.flip_sources (ORIGINAL_LABELS, LNR_FLIPS, RANDOM_FLIPS). For methods that
     run on Ray workers, register from a module named in stage2.plugins (see run_job).
 

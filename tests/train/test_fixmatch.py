@@ -286,3 +286,35 @@ def test_a_missing_pool_is_one_line_naming_the_key_before_ray_starts(mini_root, 
     with pytest.raises(UserError, match=r"nope.txt: pool file not found \(data.unlabeled_split\)"):
         preflight(missing, "stage2")
     assert not ray.is_initialized()
+
+
+def test_reproduce_refuses_a_pool_method_without_a_pool_before_any_job(mini_root, tmp_path):
+    from lnr_dist.reproduce.runner import reproduce
+
+    cfg = replace(
+        mini(f"run_dir={tmp_path}", "reproduce.methods=[mislas, fixmatch]"), data=mini_data_config(mini_root)
+    )
+    ran = []
+    with pytest.raises(
+        UserError, match=r"^data.unlabeled_split: reproduce.methods fixmatch train on an unlabelled"
+    ):
+        reproduce(cfg, lambda job, c, out: ran.append(job))
+    assert ran == [] and not (tmp_path / "reproduce_config.yaml").exists()
+
+
+def test_metrics_of_a_run_without_a_pool_read_back_for_a_resume(tmp_path):
+    from lnr_dist.core import storage
+    from lnr_dist.train.trainer import CSV_FIELDS, _read_rows
+
+    rows = [{"epoch": 0, "lr": 0.1, "train_loss": 1.5, "train_images": 320, "val_ece": float("nan")}]
+    storage.write_csv(tmp_path / "metrics.csv", rows, CSV_FIELDS)  # empty pool (and NaN) cells
+    assert _read_rows(tmp_path / "metrics.csv") == [
+        {"epoch": 0, "lr": 0.1, "train_loss": 1.5, "train_images": 320}
+    ]
+
+
+def test_no_module_outside_the_registry_switches_on_the_fixmatch_names(monkeypatch):
+    from tests.stage2 import test_registry
+
+    monkeypatch.setattr(test_registry, "BUILT_IN", ("fixmatch", "fixmatch_lnr"))
+    test_registry.test_no_module_outside_the_registry_switches_on_a_method_name()
