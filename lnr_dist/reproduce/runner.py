@@ -97,8 +97,10 @@ def reproduce(cfg: ExperimentConfig, execute=None) -> dict[str, Any]:
 
     cfg = cfg.with_absolute_paths()
     # reproduce.methods resolved (empty = every registered method), plugins imported, names checked
-    names = tuple(m.name for m in reproduce_methods(cfg))
-    cfg = replace(cfg, reproduce=replace(cfg.reproduce, methods=names))
+    methods = reproduce_methods(cfg)
+    cfg = replace(cfg, reproduce=replace(cfg.reproduce, methods=tuple(m.name for m in methods)))
+    for method in methods:  # a method's own inputs (e.g. the pool and mining.budget), before any job
+        method.check_inputs(cfg)
     root = cfg.layout
     preflight(replace(cfg, run_dir=str(root.seed(cfg.seed).root)), "stage1")  # before any job
     execute = execute or local_executor()
