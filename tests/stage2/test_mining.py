@@ -295,3 +295,27 @@ def test_a_mining_run_without_a_pool_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(UserError, match=r"^method mining needs an unlabelled pool: set data.unlabeled_split"):
         reproduce(replace(cfg, reproduce=replace(cfg.reproduce, methods=("mislas", "mining"))))
     assert not (tmp_path / "run").exists()  # refused before any job
+
+
+def test_reproduce_runs_the_mining_methods_and_compares_them_with_mislas_and_random_picking(tmp_path):
+    """run_seed + write_report on the synthetic run folder: the shared steps the methods declare (stage1,
+    features: stubbed, the features being cached), each method's head, and comparisons.csv's rows."""
+    from lnr_dist.reproduce.report import write_report
+    from lnr_dist.reproduce.runner import run_seed
+
+    cfg, _, _ = synthetic_run(tmp_path)
+    methods = ("mislas", "mining", "mining_random")
+    cfg = replace(cfg, reproduce=replace(cfg.reproduce, methods=methods, bootstrap=50),
+                  stage2=replace(cfg.stage2, backend="features"))  # fmt: skip
+    jobs = []
+    outcome = run_seed(cfg, lambda job, c, out: jobs.append(job) or {})
+    assert jobs == ["stage1", "features"]
+    assert set(outcome.methods) == set(methods)
+    write_report(cfg, [outcome])
+    with open(cfg.layout.report_file("comparisons.csv"), newline="") as handle:
+        pairs = {(r["method"], r["baseline"]) for r in csv.DictReader(handle)}
+    assert pairs == {("mining", "mislas"), ("mining", "mining_random")}
+    results = json.loads((cfg.layout.method("mining") / "results.json").read_text())
+    assert results["extra_train"]["count"] == POOL_FAR
+    again = run_seed(cfg, lambda job, c, out: {})  # resumable: nothing runs twice
+    assert again.ran == [] and len(again.skipped) == 5
