@@ -375,9 +375,11 @@ class MiningConfig:
     `recalibration_epochs`) turns features into calibrated logits; an autoencoder C -> hidden -> C (ReLU between
     layers, MSE, Adam at `lr`, `autoencoder_epochs`), both trained on the labelled training set, scores each pool
     image by its reconstruction error; the `budget` images with the largest error are mined (given to the
-    annotator). Defaults are the source recipe's (rc_epochs 15, lr 1e-3, batch size 64, autoencoder
-    AE_INV_TINY 10-9-10 for 25 epochs); the budget of 50 is the smallest the source notebook mines (it shows 50,
-    100, 2,000 and 4,000), about a tenth of the mini set's 586-image pool. Seeded by the experiment seed.
+    annotator). `autoencoder_input`: what the autoencoder reconstructs, the calibrated `logits` (the paper's
+    text and the issue) or their softmax `probabilities` (what the released notebook code feeds it). Defaults are
+    the source recipe's (rc_epochs 15, lr 1e-3, batch size 64, autoencoder AE_INV_TINY 10-9-10 for 25 epochs);
+    the budget of 50 is the smallest the source notebook mines (it shows 50, 100, 2,000 and 4,000), about a
+    tenth of the mini set's 586-image pool. Seeded by the experiment seed.
     """
 
     budget: int = 50
@@ -386,6 +388,7 @@ class MiningConfig:
     lr: float = 1e-3
     batch_size: int = 64
     hidden: tuple[int, ...] = (10, 9, 10)
+    autoencoder_input: Literal["logits", "probabilities"] = "logits"
 
     def __post_init__(self) -> None:
         if self.budget < 1:

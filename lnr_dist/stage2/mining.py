@@ -9,7 +9,8 @@ The method, on cached stage-1 features (the backbone frozen):
 2. an autoencoder C -> 10 -> 9 -> 10 -> C (mining.hidden; ReLU between layers, none on the output, as logits
    can be negative; the notebook's AE_INV_TINY) trained with MSE on the labelled set's z for
    mining.autoencoder_epochs. It learns the activation patterns of the head classes, which dominate the
-   labelled set;
+   labelled set. With mining.autoencoder_input `probabilities` it reconstructs softmax(z) instead: the paper's
+   text says the calibrated logits, the released notebook code feeds softmax(z);
 3. the decision module: the reconstruction error mean_c (z_c - z_hat_c)^2 of each pool image is its score; the
    mining.budget images with the largest scores are mined (ties by dataset index) and given to the annotator.
 
@@ -167,7 +168,7 @@ def fit_recalibration(
 
 def fit_autoencoder(z: np.ndarray, cfg: MiningConfig, seed: int) -> nn.Sequential:
     """The autoencoder (`autoencoder`) trained with MSE to reconstruct z (N, C) float32 (the labelled set's
-    calibrated logits), Adam at cfg.lr for cfg.autoencoder_epochs."""
+    calibrated logits or probabilities), Adam at cfg.lr for cfg.autoencoder_epochs."""
     x = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
     model = _seeded(lambda: autoencoder(x.shape[1], cfg.hidden), seed, _AUTOENCODER)
     return _fit(model, x, x, F.mse_loss, cfg, cfg.autoencoder_epochs, seed, _AUTOENCODER)
@@ -183,13 +184,18 @@ def mining_scores(
 ) -> np.ndarray:
     """The method's score of each pool image: the autoencoder's reconstruction error of its calibrated logits.
     train_features (N, D) float32 and train_labels (N,) int64 train both models; pool_features (M, D) float32
-    -> (M,) float64, row i = pool dataset index i."""
+    -> (M,) float64, row i = pool dataset index i. The autoencoder reads the calibrated logits or their softmax
+    (cfg.autoencoder_input)."""
     recalibration = fit_recalibration(train_features, train_labels, num_classes, cfg, seed)
+
+    @torch.no_grad()
+    def calibrated(features: np.ndarray) -> torch.Tensor:
+        z = recalibration(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))
+        return z.softmax(dim=1) if cfg.autoencoder_input == "probabilities" else z
+
+    model = fit_autoencoder(calibrated(train_features).numpy(), cfg, seed)
+    z_pool = calibrated(pool_features)
     with torch.no_grad():
-        z_train = recalibration(torch.from_numpy(np.ascontiguousarray(train_features, dtype=np.float32)))
-    model = fit_autoencoder(z_train.numpy(), cfg, seed)
-    with torch.no_grad():
-        z_pool = recalibration(torch.from_numpy(np.ascontiguousarray(pool_features, dtype=np.float32)))
         return reconstruction_error(z_pool.numpy(), model(z_pool).numpy())
 
 

@@ -68,6 +68,16 @@ def test_mining_ranks_planted_out_of_distribution_images_first():
     assert np.array_equal(scores, again)
 
 
+def test_on_probabilities_the_few_shot_pool_images_are_mined_before_the_head_class():
+    """autoencoder_input probabilities (the notebook code's): the autoencoder knows the confident head-class
+    outputs, so the pool's few-shot images (classes 2, 3) rank first."""
+    train_x, train_y, pool_x, pool_y, _ = planted_case()
+    cfg = MiningConfig(autoencoder_input="probabilities")
+    order = mining.rank(mining.mining_scores(train_x, train_y, pool_x, C, cfg, seed=0))
+    assert set(pool_y[order[:10]].tolist()) <= {2, 3}
+    assert np.mean(np.isin(pool_y, [2, 3])) < 0.4  # while they are a minority of the pool
+
+
 def test_the_autoencoder_is_c_10_9_10_c_with_relu_between_layers():
     model = mining.autoencoder(7, (10, 9, 10))
     shapes = [(m.in_features, m.out_features) for m in model if isinstance(m, torch.nn.Linear)]
