@@ -8,7 +8,8 @@ Writes <run_dir>/mine/ (RunLayout.mine):
 - summary.json: budget, pool size, the pool's tail fraction (what random picking expects), precision@K of the
   tail (medium + few), medium and few groups for the method and each baseline (random, max_softmax, entropy),
   the classes each one mined;
-- precision_recall.png: precision against recall of tail images, one curve per ranker, K marked;
+- precision_recall.png: precision against recall of tail images (left) and of few-shot images (right), one
+  curve per ranker, K marked;
 - mined_classes.png: how many images of each class (and of each group) each ranker mined;
 - config.yaml.
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ..core import config as config_lib
 from ..core import storage
@@ -48,6 +50,7 @@ LABELS = {
     "entropy": "entropy",
 }
 PRECISION_GROUPS = ("tail", *TAIL_GROUPS)
+GROUP_TITLES = {"tail": "Tail classes (medium + few)", "medium": "Medium classes", "few": "Few-shot classes"}
 _PER_CLASS_BARS = 40  # above this many classes the histogram shows groups only
 
 
@@ -95,7 +98,9 @@ def run_mining(cfg: ExperimentConfig, folder: Path | None = None) -> dict[str, A
         "seed": cfg.seed,
     }
     figures = {
-        "precision_recall": _precision_recall_figure(orders, members["tail"][truth], budget, folder),
+        "precision_recall": _precision_recall_figure(
+            orders, {g: members[g][truth] for g in ("tail", "few")}, budget, folder
+        ),
         "mined_classes": _mined_classes_figure(summary["mined_class_counts"], manifest, budget, folder),
     }
     summary["files"] = {"mined": str(folder / "mined.csv"), **{k: str(v) for k, v in figures.items()}}
@@ -115,22 +120,23 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _precision_recall_figure(
-    orders: dict[str, np.ndarray], tail: np.ndarray, budget: int, folder: Path
-) -> Path:
-    """Precision against recall of tail images as each ranker's pick grows from 1 to the whole pool."""
-    fig, axis = plt.subplots(figsize=(6.4, 4.6))
-    for name, order in orders.items():
-        precision, recall = precision_recall(order, tail)
-        (line,) = axis.plot(recall, precision, label=LABELS[name], linewidth=1.6)
-        axis.plot(recall[budget - 1], precision[budget - 1], "o", color=line.get_color())
-    axis.axhline(
-        float(tail.mean()), color="grey", linestyle="--", linewidth=1, label="tail share of the pool"
-    )
-    axis.set(xlabel="recall of tail images in the pool", ylabel="precision (tail images / picked)",
-             title=f"Mining tail-class images (medium + few): dots at K = {budget}", xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
-    axis.grid(alpha=0.3)
-    axis.legend(loc="best", fontsize=8)
+def _precision_recall_figure(orders: dict[str, np.ndarray], positive: dict[str, np.ndarray], budget: int,
+                             folder: Path) -> Path:  # fmt: skip
+    """Precision against recall as each ranker's pick grows from 1 to the whole pool, one panel per group of
+    `positive` (name -> (M,) bool by pool index: tail, few): the tail alone says little when the pool is mostly
+    tail (the mini set's is 99%)."""
+    fig, axes = plt.subplots(1, len(positive), figsize=(5.6 * len(positive), 4.6), squeeze=False)
+    for axis, (group, members) in zip(axes[0], positive.items(), strict=True):
+        for name, order in orders.items():
+            precision, recall = precision_recall(order, members)
+            (line,) = axis.plot(recall, precision, label=LABELS[name], linewidth=1.6)
+            axis.plot(recall[budget - 1], precision[budget - 1], "o", color=line.get_color())
+        share = float(members.mean())
+        axis.axhline(share, color="grey", linestyle="--", linewidth=1, label=f"{group} share of the pool")
+        axis.set(xlabel=f"recall of {group} images in the pool", ylabel=f"precision ({group} images / picked)",
+                 title=f"{GROUP_TITLES[group]}: dots at K = {budget}", xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+        axis.grid(alpha=0.3)
+        axis.legend(loc="best", fontsize=8)
     path = folder / "precision_recall.png"
     save_figure(fig, path)
     return path
@@ -158,6 +164,7 @@ def _mined_classes_figure(
                  title=f"Classes of the K = {budget} images each ranker picks")  # fmt: skip
         axis.legend(fontsize=8)
         axis.grid(axis="y", alpha=0.3)
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     axis = axes[0, -1]
     x = np.arange(len(GROUPS))
     for j, (name, values) in enumerate(counts.items()):
@@ -168,6 +175,7 @@ def _mined_classes_figure(
     if not per_class:
         axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
+    axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     path = folder / "mined_classes.png"
     save_figure(fig, path)
     return path

@@ -12,18 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lnr_dist.cli import main
 from lnr_dist.core import config as config_lib
 from lnr_dist.core import storage
 from lnr_dist.core.config import ConfigError, load_config
 from lnr_dist.core.errors import UserError
+from lnr_dist.core.synthetic import exponential_counts
 from lnr_dist.data.config import DataConfig
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.data.pool import Pool
 from lnr_dist.experiment import ExperimentConfig, MiningConfig, Stage2Config
 from lnr_dist.features.backend import run_on_features
-from lnr_dist.features.mine import format_summary, run_mining
+from lnr_dist.features.mine import _mined_classes_figure, format_summary, run_mining
 from lnr_dist.reproduce.methods import sections_of, steps_of
 from lnr_dist.reproduce.runner import reproduce
 from lnr_dist.stage2 import mining
@@ -329,3 +331,12 @@ def test_reproduce_runs_the_mining_methods_and_compares_them_with_mislas_and_ran
     assert results["extra_train"]["count"] == POOL_FAR
     again = run_seed(cfg, lambda job, c, out: {})  # resumable: nothing runs twice
     assert again.ran == [] and len(again.skipped) == 5
+
+
+def test_the_mined_class_figure_shows_groups_only_for_many_classes(tmp_path):
+    counts = exponential_counts(100, 500, 2)
+    manifest = Manifest.from_labels(np.repeat(np.arange(100), counts), 100)
+    mined = {name: np.bincount(np.arange(30) * 3, minlength=100).tolist() for name in mining.RANKERS}
+    path = _mined_classes_figure(mined, manifest, 30, tmp_path)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert Image.open(path).size[0] < 800  # one panel (groups), not 100 x 4 bars
