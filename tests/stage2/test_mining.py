@@ -340,3 +340,30 @@ def test_the_mined_class_figure_shows_groups_only_for_many_classes(tmp_path):
     path = _mined_classes_figure(mined, manifest, 30, tmp_path)
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert Image.open(path).size[0] < 800  # one panel (groups), not 100 x 4 bars
+
+
+def test_the_feature_cache_is_extracted_again_for_other_pool_images_not_other_pool_labels(
+    tmp_path, monkeypatch
+):
+    from lnr_dist.features import cache
+
+    cfg, pool_y, _ = synthetic_run(tmp_path)
+    extractions = []
+    monkeypatch.setattr(
+        cache, "load_model", lambda *args: None
+    )  # the synthetic checkpoint holds a classifier only
+    monkeypatch.setattr(cache, "run_workers", lambda *args: extractions.append(args[3]))
+    assert set(cache.cached_features(cfg)) == {"train", "val", "test", "pool"} and extractions == []
+    pool_file = Path(cfg.data.unlabeled_split)
+    relabelled = [
+        f"{line.split()[0]} {(int(line.split()[1]) + 1) % C}" for line in pool_file.read_text().splitlines()
+    ]
+    storage.write_text(pool_file, "\n".join(relabelled) + "\n")
+    cache.cached_features(cfg)
+    assert extractions == []  # the pool's labels are not what its features depend on
+    storage.write_text(pool_file, "".join(f"images/other_{i:04d}.jpg 0\n" for i in range(pool_y.size)))
+    cache.cached_features(cfg)
+    assert extractions == ["features"]
+    meta = json.loads(cfg.layout.features_meta.read_text())
+    expected = hashlib.sha256("\n".join(f"images/other_{i:04d}.jpg" for i in range(pool_y.size)).encode())
+    assert meta["pool_sha256"] == expected.hexdigest()
