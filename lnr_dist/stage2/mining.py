@@ -42,8 +42,8 @@ from ..experiment import ExperimentConfig, MiningConfig
 
 # The ways to rank a pool, in the order every table lists them: the method, then the three baselines.
 RANKERS = ("mining", "random", "max_softmax", "entropy")
-# Tail classes, as the paper counts mined minority examples: the few-shot and medium-shot groups of the labelled
-# training split (data/manifest.py: fewer than 100 training images).
+# The classes mining should find: the medium- and few-shot groups of the labelled training split (data/manifest.py:
+# at most 100 training images), the minority of an ImageNet-LT-style split.
 TAIL_GROUPS = ("medium", "few")
 # Random streams of their own ([seed, stream]), so that mining draws nothing from any other stream of the run.
 _RANDOM_PICK, _RECALIBRATION, _AUTOENCODER = 0x3101, 0x3102, 0x3103
