@@ -129,7 +129,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | str =
 
     Returns:
         The frozen ExperimentConfig (lnr_dist.experiment; sections data, model, stage1, infer, stage2, tune, ray,
-        fault, reproduce). Relative paths stay relative to the current folder (jobs resolve them when they run).
+        fault, reproduce, mining). Relative paths stay relative to the current folder (jobs resolve them when they run).
         `lnr_dist.core.config.to_yaml(cfg)` prints it; `dataclasses.replace` derives another.
 
     Raises:
@@ -156,6 +156,9 @@ def run_job(name: str, cfg: ExperimentConfig, out: str | Path | None = None) -> 
         stage2    stage 2 of cfg.stage2.method on its backend (stage2.backend) -> stage2/; returns its
                   results.json (like stage1's, plus flips: method, num_flips, threshold).
         features  cached stage-1 features -> features/; returns {"folder": path, "shapes": {split: shape}}.
+        mine      minority-class mining of the pool (data.unlabeled_split) against its baselines -> mine/;
+                  returns summary.json (budget, pool_size, pool_fraction, precision_at_k: {ranker: {tail,
+                  medium, few}}, mined_class_counts, files, ...).
     Each job resumes from what it finds in the run folder (checkpoints, finished steps).
 
     Ray: the jobs run their workers on Ray (Ray Train, Ray Tune). With cfg.ray.address null and no Ray
@@ -168,9 +171,10 @@ def run_job(name: str, cfg: ExperimentConfig, out: str | Path | None = None) -> 
     method they train must be registered by a module named there.
 
     Args:
-        name: stage1, infer, tune, stage2 or features.
+        name: stage1, infer, tune, stage2, features or mine.
         cfg: from load_config().
-        out: stage1 and stage2 only: write into this folder instead of stage1/ or stage2/ (other jobs ignore it).
+        out: stage1, stage2 and mine only: write into this folder instead of stage1/, stage2/ or mine/ (other
+            jobs ignore it).
 
     Returns:
         The job's summary (above): a JSON-able dict, what the command prints.

@@ -241,6 +241,21 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mine(args: argparse.Namespace) -> int:
+    from .features.mine import format_summary
+
+    if args.budget is not None:
+        args.overrides = [*args.overrides, f"mining.budget={args.budget}"]
+    cfg = _load_experiment(args)
+    summary = _run_job("mine", cfg)
+    if summary is None:
+        return 0
+    print(format_summary(summary))
+    folder = Path(summary["files"]["mined"]).parent
+    print(f"written: {folder} (mined.csv, summary.json, precision_recall.png, mined_classes.png)")
+    return 0
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     from .launch.submit import JobFailed, LaunchOptions, describe, launch, wait_for
 
@@ -332,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(job, required=True)
         job.set_defaults(func=func)
 
+    mine = commands.add_parser(
+        "mine", help="minority-class mining on the unlabelled pool (MMM 2022) against three baselines"
+    )
+    mine.add_argument("--budget", help="pool images to mine, K (mining.budget; default from the config)")
+    _add_config_args(mine, required=True)
+    mine.set_defaults(func=_cmd_mine)
+
     show = commands.add_parser(
         "config", help="print the resolved config (defaults filled in) as YAML, usable as --config"
     )
@@ -357,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--methods",
         help="comma-separated names of the stage-2 method registry (default: all registered; "
-        "built in: ce,mixup,mislas,lnr,random,smote,adasyn)",
+        "built in: ce,mixup,mislas,lnr,random,smote,adasyn,bias_compensation,range_loss,mining,mining_random)",
     )
     reproduce.add_argument("--seeds", type=int, help="number of seeds (experiment seed, +1, ...)")
     reproduce.add_argument("--cluster", choices=("local", "slurm"), default="local",

@@ -78,6 +78,12 @@ def _features(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
     return {"folder": str(cfg.with_absolute_paths().layout.features), "shapes": shapes}
 
 
+def _mine(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
+    from .features.mine import run_mining
+
+    return run_mining(cfg, None if out is None else Path(out))
+
+
 JOBS: dict[str, Job] = {
     job.name: job
     for job in (
@@ -111,7 +117,13 @@ JOBS: dict[str, Job] = {
             "features",
             _features,
             "the stage-1 checkpoint (stage2.checkpoint), the data split files",
-            "features/ ({train,val,test}.npy, meta.json)",
+            "features/ ({train,val,test}.npy, pool.npy when data.unlabeled_split is set, meta.json)",
+        ),
+        Job(
+            "mine",
+            _mine,
+            "features/ (extracted when missing, pool included), the pool file (data.unlabeled_split)",
+            "mine/ or `out` (mined.csv, summary.json, precision_recall.png, mined_classes.png, config.yaml)",
         ),
     )
 }

@@ -6,7 +6,8 @@ A run folder (`run_dir`) holds one backbone's pipeline:
     <run_dir>/stage1/        checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz, config.yaml
     <run_dir>/infer/         flips.npz, summary.json, predictions.npy, labels.npy, candidates.npz
     <run_dir>/tune/          sweep.csv, sweep.md, sweep.png, chosen_threshold.json, trial_t<t>/, chosen/
-    <run_dir>/features/      {train,val,test}.npy, meta.json
+    <run_dir>/features/      {train,val,test}.npy (+ pool.npy when data.unlabeled_split is set), meta.json
+    <run_dir>/mine/          mined.csv, summary.json, precision_recall.png, mined_classes.png (`lnr-dist mine`)
     <run_dir>/stage2/        like stage1/ (the stage-2 job's default output)
     <run_dir>/ray/           Ray Train / Tune storage (worker logs, trial folders)
     <run_dir>/slurm/         logs/ (submitit), ray-<job id>/ (an allocation's Ray head address)
@@ -95,12 +96,22 @@ class RunLayout:
         return self.root / "features"
 
     def feature_file(self, split: str) -> Path:
+        """train, val, test or pool (the unlabelled pool's, when data.unlabeled_split is set)."""
         return self.features / f"{split}.npy"
 
     @property
     def features_meta(self) -> Path:
         """The sha256 of the checkpoint the cached features came from (a new checkpoint invalidates them)."""
         return self.features / "meta.json"
+
+    # minority-class mining on the unlabelled pool (mine/)
+    @property
+    def mine(self) -> Path:
+        return self.root / "mine"
+
+    def mine_file(self, name: str) -> Path:
+        """mined.csv, summary.json, precision_recall.png or mined_classes.png."""
+        return self.mine / name
 
     # Ray and SLURM
     @property

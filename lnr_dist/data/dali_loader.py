@@ -208,15 +208,11 @@ class DaliLoader(BatchLoader):
         rebuilt on this rank's shard of it."""
         return self.spec.order in CLASS_AWARE_SAMPLERS or self.spec.num_draws is not None
 
-    def _build(self) -> DALIGenericIterator:
-        if not self._checked:
-            self._check_files()
-        order, shard_id, num_shards, shuffle = self._reader_plan()
+    def _pipeline_args(self, order: np.ndarray, shard_id: int, num_shards: int) -> dict:
+        """What both pipelines take: batching, threads, device, seed, the files of `order` and this shard,
+        crop and normalisation."""
         cfg = self.cfg
-        policy = LastBatchPolicy.FILL if self.spec.pad else LastBatchPolicy.PARTIAL
-        if self.spec.rand_augment is not None:
-            return self._build_two_views(order, shard_id, num_shards, policy)
-        pipe = _pipeline(
+        return dict(
             batch_size=self.spec.batch_size,
             num_threads=max(cfg.num_threads, 1),
             device_id=self.ctx.local_rank if self.gpu else None,
@@ -226,16 +222,28 @@ class DaliLoader(BatchLoader):
             indices=[int(i) for i in order],
             shard_id=shard_id,
             num_shards=num_shards,
-            shuffle=shuffle,
-            augment=self.spec.augment,
             padded=cfg.train_crop == "padded",
             padding=cfg.crop_padding,
             size=cfg.image_size,
-            resize=cfg.eval_resize,
             scale_min=cfg.crop_scale_min,
             mean=cfg.mean,
             std=cfg.std,
             gpu=self.gpu,
+        )
+
+    def _build(self) -> DALIGenericIterator:
+        if not self._checked:
+            self._check_files()
+        order, shard_id, num_shards, shuffle = self._reader_plan()
+        cfg = self.cfg
+        policy = LastBatchPolicy.FILL if self.spec.pad else LastBatchPolicy.PARTIAL
+        if self.spec.rand_augment is not None:
+            return self._build_two_views(order, shard_id, num_shards, policy)
+        pipe = _pipeline(
+            **self._pipeline_args(order, shard_id, num_shards),
+            shuffle=shuffle,
+            augment=self.spec.augment,
+            resize=cfg.eval_resize,
         )
         pipe.build()
         return DALIGenericIterator(
@@ -246,24 +254,8 @@ class DaliLoader(BatchLoader):
         self, order: np.ndarray, shard_id: int, num_shards: int, policy: LastBatchPolicy
     ) -> DALIGenericIterator:
         """The weak + strong pipeline (_two_view_pipeline) over `order`."""
-        cfg = self.cfg
         pipe = _two_view_pipeline(
-            batch_size=self.spec.batch_size,
-            num_threads=max(cfg.num_threads, 1),
-            device_id=self.ctx.local_rank if self.gpu else None,
-            seed=self.spec.seed * 1000 + self.ctx.rank,
-            root=self.split.root,
-            files=[self.split.paths[int(i)] for i in order],
-            indices=[int(i) for i in order],
-            shard_id=shard_id,
-            num_shards=num_shards,
-            padded=cfg.train_crop == "padded",
-            padding=cfg.crop_padding,
-            size=cfg.image_size,
-            scale_min=cfg.crop_scale_min,
-            mean=cfg.mean,
-            std=cfg.std,
-            gpu=self.gpu,
+            **self._pipeline_args(order, shard_id, num_shards),
             num_ops=self.spec.rand_augment[0],
             magnitude=self.spec.rand_augment[1],
         )

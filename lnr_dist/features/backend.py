@@ -26,9 +26,14 @@ from .heads import evaluate_logits, train_head
 def run_on_features(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
     """Train cfg.stage2.method's head on cached features (extracted first when missing), pick the epoch on
     validation, evaluate on test once, and write `folder`/results.json, test_logits.npz and config.yaml. A
-    method whose `resample` step cannot run on the data writes {"not_applicable": why} (a table's n/a)."""
+    method's `extra_train` samples (e.g. annotated pool images) join the training set first (recorded under
+    results.json's `extra_train`), then its `resample` step runs; one that cannot run on the data writes
+    {"not_applicable": why} (a table's n/a). The manifest (loss priors, many/medium/few groups) stays the
+    labelled training split's, so every method is grouped alike. Raises UserError for the method's missing
+    inputs (Stage2Method.check_inputs) before any work."""
     cfg = cfg.with_absolute_paths()
     method = method_of(cfg)
+    method.check_inputs(cfg)
     if (folder / "checkpoints").is_dir():  # a run on images: its results.json belongs to its checkpoints
         raise UserError(f"{folder} holds a stage-2 run on images (checkpoints/): a run on cached features would "
                         "overwrite its results; use another run_dir (or out folder)")  # fmt: skip
@@ -36,15 +41,20 @@ def run_on_features(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
     inputs = head_inputs(cfg)
     features, labels, manifest = inputs.features, inputs.labels, inputs.manifest
     train_x, train_y, flips, extra = features["train"], labels["train"], None, {}
+    if method.extra_train is not None:
+        added_x, added_y, extra["extra_train"] = method.extra_train(cfg, features, labels)
+        # appended rows take dataset indices N.. (beyond the labelled split's), which no flip table names
+        train_x = np.concatenate([train_x, added_x.astype(np.float32, copy=False)])
+        train_y = np.concatenate([train_y, added_y.astype(np.int64, copy=False)])
     if method.resample is not None:
         try:
-            train_x, train_y = method.resample(features["train"], labels["train"], cfg.seed)
+            train_x, train_y = method.resample(train_x, train_y, cfg.seed)
         except NotApplicable as exc:
             results = {"method": method.name, "not_applicable": str(exc)}
             storage.write_json(folder / "results.json", results)
             return results
         extra["train_samples"] = {"before": int(labels["train"].size), "after": int(train_y.size)}
-    else:
+    else:  # flips name labelled training rows only
         flips, threshold = stage2_flips(cfg, labels["train"])
         extra["flips"] = flip_report(method.name, flips, threshold)
     result = train_head(cfg.stage2, method, cfg.stage2.epochs, manifest, {**features, "train": train_x},

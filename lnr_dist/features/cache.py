@@ -2,11 +2,15 @@
 
 Written to <run_dir>/features/{train,val,test}.npy (row i = dataset index i; eval transforms, BatchNorm in eval
 mode, the backbone exactly as stage 2 sees it without shift_bn) with `meta.json` naming the checkpoint's sha256,
-so a new stage-1 checkpoint invalidates the cache.
+so a new stage-1 checkpoint invalidates the cache. When data.unlabeled_split is set, the pool's features too
+(`pool.npy`, row i = line i of the pool file), extracted through the pool's label-free view (data/pool.py
+load_pool: labels all -1), so no pool label enters the cache; meta.json also holds the sha256 of the pool's
+paths (not of its labels), so another pool invalidates it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,9 @@ from ..core import config as config_lib
 from ..core import storage
 from ..data.loader import LoaderSpec, build_loader
 from ..data.manifest import Manifest
+from ..data.pool import load_pool
 from ..data.sampling import shard_bounds
+from ..data.splits import Split
 from ..experiment import ExperimentConfig
 from ..models.checkpoint import load_checkpoint, load_model
 from ..runtime.raycluster import run_workers, worker_setup
@@ -27,6 +33,7 @@ from ..runtime.shared_rows import write_shared_rows
 from ..train.trainer import load_splits
 
 SPLITS = ("train", "val", "test")
+POOL = "pool"
 
 
 def stage1_checkpoint(cfg: ExperimentConfig) -> Path:
@@ -34,15 +41,45 @@ def stage1_checkpoint(cfg: ExperimentConfig) -> Path:
     return cfg.layout.backbone_checkpoint(cfg.stage2.checkpoint)
 
 
+def feature_splits(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The splits whose features the cache holds: train, val, test, and pool when data.unlabeled_split is set."""
+    return (*SPLITS, POOL) if cfg.data.unlabeled_split is not None else SPLITS
+
+
+def _splits_to_extract(cfg: ExperimentConfig) -> dict[str, Split]:
+    """The labelled splits and, when configured, the pool's label-free view (UserError for a bad pool file)."""
+    splits = load_splits(cfg)
+    if cfg.data.unlabeled_split is not None:
+        splits[POOL] = load_pool(cfg.data, splits).split
+    return splits
+
+
+def _paths_sha256(split: Split) -> str:
+    """sha256 of a split's paths, one a line: what its features depend on (its labels do not count)."""
+    return hashlib.sha256("\n".join(split.paths).encode()).hexdigest()
+
+
 def cached_features(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
-    """The features of the three splits, extracted first if missing or made from another checkpoint."""
+    """The features of the three splits (+ the pool's when configured): split -> (N, D) float32, row i = dataset
+    index i; extracted first if missing, made from another checkpoint, or (pool) from another pool file."""
     cfg = cfg.with_absolute_paths()
     layout, checkpoint = cfg.layout, stage1_checkpoint(cfg)
+    names = feature_splits(cfg)
     sha = storage.sha256_file(checkpoint) if checkpoint.is_file() else None
+    pool = cfg.data.unlabeled_split
+    # a bad pool file is one line here, before any worker starts
+    pool_sha = _paths_sha256(load_pool(cfg.data).split) if pool is not None else None
     meta = layout.features_meta
-    if sha is None or not meta.is_file() or json.loads(meta.read_text()).get("checkpoint_sha256") != sha:
-        # a missing or damaged checkpoint is one line here, before any worker starts (an unchanged one, whose
-        # sha256 the cache recorded, loaded before)
+    recorded = json.loads(meta.read_text()) if meta.is_file() else {}
+    stale = (
+        sha is None
+        or recorded.get("checkpoint_sha256") != sha
+        or (pool is not None and recorded.get("pool_sha256") != pool_sha)
+        or not all(layout.feature_file(name).is_file() for name in names)
+    )
+    if stale:
+        # a missing or damaged checkpoint is one line here, before any worker starts (an
+        # unchanged checkpoint, whose sha256 the cache recorded, loaded before)
         load_model(cfg.model, cfg.data.num_classes, checkpoint, "stage2.checkpoint")
         run_workers(
             extract_worker,
@@ -52,8 +89,9 @@ def cached_features(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
             layout.ray,
             layout.features,
         )
-        storage.write_json(meta, {"checkpoint": str(checkpoint), "checkpoint_sha256": sha})
-    return {name: np.load(layout.feature_file(name)) for name in SPLITS}
+        storage.write_json(meta, {"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "pool": pool,
+                                  "pool_sha256": pool_sha})  # fmt: skip
+    return {name: np.load(layout.feature_file(name)) for name in names}
 
 
 @dataclass(frozen=True)
@@ -61,8 +99,8 @@ class HeadInputs:
     """What training a classifier head on cached features starts from (sweep trials, the chosen threshold,
     reproduce's feature-space methods)."""
 
-    features: dict[str, np.ndarray]
-    labels: dict[str, np.ndarray]
+    features: dict[str, np.ndarray]  # train, val, test (+ pool): (N, D) float32
+    labels: dict[str, np.ndarray]  # train, val, test: (N,) int64 (never the pool's)
     manifest: Manifest
     classifier: dict[str, torch.Tensor]  # the stage-1 weights the head starts from
 
@@ -87,7 +125,7 @@ def extract_worker(loop_config: dict[str, Any]) -> None:
     model = load_model(cfg.model, cfg.data.num_classes, stage1_checkpoint(cfg), "stage2.checkpoint")
     model = model.to(device).eval()
     batch = max(1, cfg.stage2.eval_batch_size // ctx.world_size)
-    for name, split in load_splits(cfg).items():
+    for name, split in _splits_to_extract(cfg).items():
         start, stop = shard_bounds(len(split), ctx.rank, ctx.world_size)
         rows = np.zeros((stop - start, model.feature_dim), dtype=np.float32)
         for b in build_loader(cfg.data, split, LoaderSpec.evaluate(batch), ctx):

@@ -85,8 +85,9 @@ def steps_of(method: Stage2Method, cfg: ExperimentConfig) -> list[Step]:
 
 
 def sections_of(method: Stage2Method, cfg: ExperimentConfig) -> set[str]:
-    """The config sections a method's result depends on (its steps' and, when it retrains, stage2's)."""
-    sections = {s for step in steps_of(method, cfg) for s in step.sections}
+    """The config sections a method's result depends on (its steps', its declared `sections` and, when it
+    retrains, stage2's)."""
+    sections = {s for step in steps_of(method, cfg) for s in step.sections} | set(method.sections)
     return sections | ({"stage2"} if method.retrain else set())
 
 

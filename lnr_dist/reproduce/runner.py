@@ -14,7 +14,6 @@ from typing import Any
 
 from ..core import config as config_lib
 from ..core import storage
-from ..core.errors import UserError
 from ..experiment import ExperimentConfig
 from ..stage2.registry import BACKBONES, STAGE2_METHODS, reproduce_methods
 from .methods import JOB_ORDER, SeedRun, run_method, sections_of, steps_of
@@ -99,19 +98,13 @@ def reproduce(cfg: ExperimentConfig, execute=None) -> dict[str, Any]:
     cfg = cfg.with_absolute_paths()
     # reproduce.methods resolved (empty = every registered method), plugins imported, names checked
     methods = reproduce_methods(cfg)
-    names = tuple(m.name for m in methods)
-    cfg = replace(cfg, reproduce=replace(cfg.reproduce, methods=names))
+    cfg = replace(cfg, reproduce=replace(cfg.reproduce, methods=tuple(m.name for m in methods)))
+    for method in methods:  # a method's own inputs (e.g. the pool and mining.budget), before any job
+        method.check_inputs(cfg)
     root = cfg.layout
     preflight(
         replace(cfg, run_dir=str(root.seed(cfg.seed).root)), "stage1"
     )  # before any job (and the pool file)
-    on_pool = [m.name for m in methods if m.unlabeled is not None]
-    if on_pool and cfg.data.unlabeled_split is None:
-        raise UserError(
-            f"data.unlabeled_split: reproduce.methods {', '.join(on_pool)} train on an unlabelled pool; set it to "
-            "a '<path> <label>' file of images in no other split (`lnr-dist data make-mini --unlabeled-ratio L`), "
-            "or leave these methods out"
-        )
     execute = execute or local_executor()
     config_lib.save_resolved(cfg, root.root, "reproduce_config.yaml")
     outcomes = []

@@ -10,7 +10,11 @@ A method declares what it trains on and how:
 - `backends`: images (the stage-2 job on Ray Train) and/or features (a head on cached stage-1 features);
 - `loss` (a factory: (Stage2Config, Manifest) -> module(logits (B, C) float, targets (B,) int64) -> scalar),
   `sampler` (random, mean or reverse of data/sampling.py, or config: stage2.sampler), `lws` (the head:
-  classifier + learnable weight scaling), `resample` (cached features only: e.g. SMOTE);
+  classifier + learnable weight scaling), `resample` (cached features only: e.g. SMOTE), `extra_train`
+  (cached features only: annotated samples added to the labelled training set, e.g. mined pool images);
+- `needs_pool`: it reads the unlabelled pool (data.unlabeled_split); `check`: its own input checks, run before
+  any work; `sections`: config sections its result depends on besides stage2 and its shared steps' (for
+  `reproduce`'s resumable steps);
 - `stage1`: the backbone it starts from (a `Backbone`: the stage-1 recipe and its run folder), and `retrain`:
   False for a method whose result is that stage-1 model itself (ce, mixup);
 - `unlabeled`: a factory of its unlabelled part (`Unlabeled`: a consistency loss on the pool of
@@ -25,9 +29,9 @@ registry. The module must be importable there (installed, or its folder on PYTHO
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from torch import nn
@@ -39,12 +43,21 @@ from ..experiment import ExperimentConfig, Stage2Config, ThresholdPolicy, TrainC
 from ..lnr import FlipTable
 from ..models.losses import BiasCompensation, FixMatchConsistency, LabelAwareSmoothing, smoothing_per_class
 from .flip_sources import LNR_FLIPS, ORIGINAL_LABELS, RANDOM_FLIPS, LabelContext, LabelPolicy, tuned_threshold
+from .mining import check_budget, mined_from_pool, random_from_pool
 from .oversample import adasyn, smote
 
 Backend = Literal["images", "features"]
 BACKENDS: tuple[Backend, ...] = ("images", "features")
 LossFactory = Callable[[Stage2Config, Manifest], nn.Module]
 Resample = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# (cfg, features by split: train, val, test (+ pool when data.unlabeled_split is set), (N, D) float32; labels by
+# split: train, val, test, (N,) int64) -> samples added to the training set: features (K, D) float32, labels (K,)
+# int64 in [0, C), and what the method's results.json records of them (JSON-able)
+ExtraTrain = Callable[
+    [ExperimentConfig, Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
+    tuple[np.ndarray, np.ndarray, dict[str, Any]],
+]
+POOL_KEY = "data.unlabeled_split"
 
 
 def label_aware_smoothing(s2: Stage2Config, manifest: Manifest) -> nn.Module:
@@ -159,6 +172,10 @@ class Stage2Method:
     sampler: Literal["config", "random", "mean", "reverse"] = "config"  # config: stage2.sampler
     lws: bool | None = None  # None: stage2.lws
     resample: Resample | None = None
+    extra_train: ExtraTrain | None = None
+    needs_pool: bool = False
+    check: Callable[[ExperimentConfig], None] | None = None
+    sections: tuple[str, ...] = ()
     stage1: str = "mixup"
     retrain: bool = True
     unlabeled: UnlabeledFactory | None = None
@@ -174,14 +191,27 @@ class Stage2Method:
             raise ValueError(
                 f"method {self.name}: unknown sampler {self.sampler!r}; valid: config, {', '.join(SAMPLER_POWERS)}"
             )
-        if self.resample is not None and self.backends != ("features",):
+        for hook in ("resample", "extra_train"):
+            if getattr(self, hook) is not None and self.backends != ("features",):
+                raise ValueError(
+                    f"method {self.name}: {hook} works on cached features: backends must be ('features',)"
+                )
+        if self.unlabeled is not None and (self.backends != ("images",) or not self.needs_pool):
             raise ValueError(
-                f"method {self.name}: resample works on cached features: backends must be ('features',)"
+                f"method {self.name}: an unlabelled part augments images of the pool: backends must be "
+                "('images',) and needs_pool True"
             )
-        if self.unlabeled is not None and self.backends != ("images",):
-            raise ValueError(
-                f"method {self.name}: an unlabelled part augments images: backends must be ('images',)"
+
+    def check_inputs(self, cfg: ExperimentConfig) -> None:
+        """This method's own inputs, checked before any work: the pool when it needs one, then its `check`.
+        Raises UserError (one line naming the key)."""
+        if self.needs_pool and cfg.data.unlabeled_split is None:
+            raise UserError(
+                f"method {self.name} needs an unlabelled pool: set {POOL_KEY} to a '<path> <label>' file of "
+                "images in no other split (`lnr-dist data make-mini --unlabeled-ratio 2` writes one)"
             )
+        if self.check is not None:
+            self.check(cfg)
 
     def sampler_of(self, s2: Stage2Config) -> Sampler:
         """The sampler this method trains with: its own, or stage2.sampler when it declares config."""
@@ -255,12 +285,16 @@ def method_of(cfg: ExperimentConfig) -> Stage2Method:
 
 
 def reproduce_methods(cfg: ExperimentConfig) -> list[Stage2Method]:
-    """The methods `reproduce` runs (reproduce.methods; empty = all registered), after the plugins are imported,
-    with reproduce.baselines checked too. Raises UserError naming the key and listing the valid names."""
+    """The methods `reproduce` runs (reproduce.methods; empty = all registered, but those that need a pool when
+    data.unlabeled_split is unset), after the plugins are imported, with reproduce.baselines checked too. Raises
+    UserError naming the key and listing the valid names."""
     method_of(cfg)
     for name in cfg.reproduce.baselines:
         get_method(name, "reproduce.baselines")
-    return [get_method(n, "reproduce.methods") for n in cfg.reproduce.methods or tuple(STAGE2_METHODS)]
+    if cfg.reproduce.methods:
+        return [get_method(n, "reproduce.methods") for n in cfg.reproduce.methods]
+    has_pool = cfg.data.unlabeled_split is not None
+    return [m for m in STAGE2_METHODS.values() if has_pool or not m.needs_pool]
 
 
 def stage2_threshold(cfg: ExperimentConfig) -> float | None:
@@ -313,6 +347,7 @@ for _method in (
         "MiSLAS stage 2 + FixMatch on the unlabelled pool (stage2.fixmatch)",
         backends=("images",),
         unlabeled=fixmatch,
+        needs_pool=True,
     ),
     Stage2Method(
         "fixmatch_lnr",
@@ -321,6 +356,27 @@ for _method in (
         "tuned",
         backends=("images",),
         unlabeled=fixmatch,
+        needs_pool=True,
+    ),
+    # Minority-class mining (MMM 2022, stage2/mining.py): the MiSLAS head on cached features, its training set
+    # grown by mining.budget annotated pool images; mining_random picks as many at random (the control).
+    Stage2Method(
+        "mining",
+        "MiSLAS head + the mining.budget pool images minority-class mining picks, annotated",
+        backends=("features",),
+        extra_train=mined_from_pool,
+        needs_pool=True,
+        check=check_budget,
+        sections=("mining",),
+    ),
+    Stage2Method(
+        "mining_random",
+        "MiSLAS head + mining.budget pool images picked at random, annotated",
+        backends=("features",),
+        extra_train=random_from_pool,
+        needs_pool=True,
+        check=check_budget,
+        sections=("mining",),
     ),
 ):
     register(_method)

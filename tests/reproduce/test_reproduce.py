@@ -18,7 +18,7 @@ from lnr_dist.reproduce.report import COLUMNS, method_row
 from lnr_dist.reproduce.runner import reproduce
 from lnr_dist.reproduce.steps import StepFailed
 from lnr_dist.stage2.registry import STAGE2_METHODS, Stage2Method
-from tests.conftest import mini_experiment
+from tests.conftest import mini_data_config, mini_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -30,7 +30,8 @@ def short_config(root, run_dir, **changes):
         enabled=True, ratio=0.05, threshold=1.0, ratios=(0.05, 0.2), thresholds=(0.5, 1.0), epochs=60
     )
     return mini_experiment(
-        root, run_dir, stage1={"epochs": 2, "warmup_epochs": 0},
+        root, run_dir, data=mini_data_config(root, pool=True, train_crop="padded"),
+        stage1={"epochs": 2, "warmup_epochs": 0},
         infer={"threshold": 2.0, "candidates_t_min": 1.0},
         tune={"thresholds": (1.0, 2.0), "cpus_per_trial": 0.5},
         stage2={"epochs": 2, "batch_size": 32, "eval_batch_size": 128, "lr": 0.05},
@@ -223,3 +224,32 @@ def test_unknown_method_is_a_config_error(mini_root, tmp_path):
     cfg = replace(cfg, reproduce=replace(cfg.reproduce, methods=("lnr", "focal")))
     with pytest.raises(UserError, match="reproduce.methods: unknown method.*focal"):
         reproduce(cfg)
+
+
+# the seed methods of issue 16, each a registry entry: their own stage-1 backbones, FixMatch on the pool (images)
+# and mining (cached features); they share the first run's stage 1, inference, sweep and features
+SEED_METHODS = ("bias_compensation", "range_loss", "fixmatch", "fixmatch_lnr", "mining", "mining_random")
+
+
+def test_every_seed_method_runs_through_reproduce(first_run):
+    cfg, _ = first_run
+    methods = replace(
+        cfg.reproduce, methods=("mislas", "lnr", *SEED_METHODS), baselines=("mislas", "mining_random")
+    )
+    report = reproduce(replace(cfg, reproduce=methods, mining=replace(cfg.mining, budget=20)))
+    root = Path(cfg.with_absolute_paths().run_dir)
+    assert {"seed0/stage1", "seed0/infer", "seed0/tune"} <= set(
+        report["skipped"]
+    )  # shared with the first run
+    assert {"seed0/stage1_bias_compensation", "seed0/stage1_range_loss"} <= set(report["ran"])
+    table = (root / "results.md").read_text()
+    for method in SEED_METHODS:
+        results = json.loads((root / "seed0" / "methods" / method / "results.json").read_text())
+        assert "not_applicable" not in results and results["test"]["top1"] > 0, method
+        assert f"| {method} |" in table
+    fixmatch = json.loads((root / "seed0" / "methods" / "fixmatch_lnr" / "results.json").read_text())
+    chosen = json.loads((root / "seed0" / "tune" / "chosen_threshold.json").read_text())
+    assert fixmatch["flips"]["threshold"] == chosen["threshold"]
+    with (root / "comparisons.csv").open() as handle:
+        pairs = {(row["method"], row["baseline"]) for row in csv.DictReader(handle)}
+    assert {("mining", "mislas"), ("mining", "mining_random"), ("fixmatch", "mislas")} <= pairs

@@ -296,7 +296,7 @@ def test_reproduce_refuses_a_pool_method_without_a_pool_before_any_job(mini_root
     )
     ran = []
     with pytest.raises(
-        UserError, match=r"^data.unlabeled_split: reproduce.methods fixmatch train on an unlabelled"
+        UserError, match=r"^method fixmatch needs an unlabelled pool: set data.unlabeled_split"
     ):
         reproduce(cfg, lambda job, c, out: ran.append(job))
     assert ran == [] and not (tmp_path / "reproduce_config.yaml").exists()
