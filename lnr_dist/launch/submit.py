@@ -175,16 +175,36 @@ ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "COMP
 
 
 def queue_state(job_id: str) -> str | None:
-    """The job's state in squeue; None once SLURM has forgotten it."""
+    """The job's state in squeue; None once SLURM has forgotten it, UNKNOWN when squeue did not answer (a busy
+    slurmctld times out)."""
     found = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    return (found.stdout.strip() or None) if found.returncode == 0 else None
+    if found.returncode != 0 and "Invalid job id" not in found.stderr:
+        return UNKNOWN
+    return found.stdout.strip() or None
+
+
+UNKNOWN = "UNKNOWN"
+# how long squeue may not answer, and how many polls 2 s apart must agree a job left the active states, before the
+# queue's word is taken: a requeued job can show its interrupted attempt's end state (or nothing) for a moment
+# before it is pending again, and a busy slurmctld can time out
+QUEUE_PATIENCE_S, GONE_POLLS = 120.0, 3
 
 
 def _wait_in_queue(job: submitit.Job) -> None:
     """While a job is requeued (preemption, time limit, `scontrol requeue`), sacct briefly reports the interrupted
     attempt as FAILED and submitit would take that as the end; the queue says whether SLURM runs it again."""
-    while queue_state(job.job_id) in ACTIVE:
-        time.sleep(2.0)
+    gone, unanswered_since = 0, None
+    while gone < GONE_POLLS:
+        state = queue_state(job.job_id)
+        if state == UNKNOWN:
+            unanswered_since = unanswered_since or time.monotonic()
+            if time.monotonic() - unanswered_since > QUEUE_PATIENCE_S:
+                break  # submitit's own polling decides
+        else:
+            unanswered_since = None
+            gone = 0 if state in ACTIVE else gone + 1
+        if gone < GONE_POLLS:
+            time.sleep(2.0)
     job.watcher.clear()  # forget states read while the job was being requeued
 
 

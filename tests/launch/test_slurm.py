@@ -17,7 +17,16 @@ from lnr_dist.cli import main
 from lnr_dist.core import config as config_lib
 from lnr_dist.core.errors import UserError
 from lnr_dist.experiment import FaultConfig, ThresholdPolicy
-from lnr_dist.launch.submit import ACTIVE, PIPELINE, JobFailed, LaunchOptions, launch, queue_state, wait_for
+from lnr_dist.launch.submit import (
+    ACTIVE,
+    PIPELINE,
+    UNKNOWN,
+    JobFailed,
+    LaunchOptions,
+    launch,
+    queue_state,
+    wait_for,
+)
 from tests.conftest import mini_experiment
 from tests.infer.test_infer_ray import flips_bytes_from
 
@@ -137,7 +146,9 @@ def test_preempted_and_requeued_training_resumes_from_its_checkpoints(slurm_clus
 
     def interrupt_after(epochs: int, *command: str) -> None:
         while len(_epochs(tmp_path)) < epochs:
-            assert time.monotonic() < deadline and queue_state(job_id) in ACTIVE, _log(item)[-3000:]
+            assert time.monotonic() < deadline and queue_state(job_id) in (*ACTIVE, UNKNOWN), _log(item)[
+                -3000:
+            ]
             time.sleep(0.5)
         runs = _log(item).count("Starting with JobEnvironment")
         slurm(*command)
