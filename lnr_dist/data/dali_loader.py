@@ -41,6 +41,22 @@ from .sampling import CLASS_AWARE_SAMPLERS, sampler_order, shard_bounds, shard_o
 READER = "Reader"
 
 
+def _read(root, files, indices, shard_id, num_shards, shuffle):
+    """The file reader of both pipelines: this shard's `files` (labelled with their dataset `indices`), reshuffled
+    after each epoch with `shuffle`, else the shard's own files in order; the last batch padded."""
+    return fn.readers.file(
+        file_root=root,
+        files=files,
+        labels=indices,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        shuffle_after_epoch=shuffle,
+        stick_to_shard=not shuffle,
+        pad_last_batch=True,
+        name=READER,
+    )
+
+
 @pipeline_def(enable_conditionals=False)
 def _pipeline(
     root,
@@ -59,17 +75,7 @@ def _pipeline(
     std,
     gpu,
 ):
-    encoded, index = fn.readers.file(
-        file_root=root,
-        files=files,
-        labels=indices,
-        shard_id=shard_id,
-        num_shards=num_shards,
-        shuffle_after_epoch=shuffle,
-        stick_to_shard=not shuffle,
-        pad_last_batch=True,
-        name=READER,
-    )
+    encoded, index = _read(root, files, indices, shard_id, num_shards, shuffle)
     decoder = "mixed" if gpu else "cpu"
     crop_x = crop_y = 0.5
     if augment and padded:
@@ -133,16 +139,7 @@ def _two_view_pipeline(
     root, files, indices, shard_id, num_shards, padded, padding, size, scale_min, mean, std, gpu, num_ops,
     magnitude,
 ):  # fmt: skip
-    encoded, index = fn.readers.file(
-        file_root=root,
-        files=files,
-        labels=indices,
-        shard_id=shard_id,
-        num_shards=num_shards,
-        stick_to_shard=True,
-        pad_last_batch=True,
-        name=READER,
-    )
+    encoded, index = _read(root, files, indices, shard_id, num_shards, shuffle=False)
     images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
     weak = _crop_flip(images, padded, padding, size, scale_min)
     strong = rand_augment.rand_augment(
