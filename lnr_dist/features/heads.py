@@ -9,12 +9,14 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..core import storage
 from ..data.manifest import Manifest
 from ..data.sampling import sampler_order
 from ..experiment import Stage2Config
@@ -40,6 +42,30 @@ class Head(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.scaling(self.classifier(features))
+
+    def save(self, path: Path) -> None:
+        """head.pt (atomic): the weights and whether LWS is on, all load_head needs."""
+        state = {"head": self.state_dict(), "lws": not isinstance(self.scaling, nn.Identity)}
+        storage.write_with(path, lambda handle: torch.save(state, handle))
+
+
+def load_head(path: Path) -> Head:
+    """The head a run on cached features saved (Head.save)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state["head"]
+    head = Head(weights["classifier.weight"], weights["classifier.bias"], bool(state["lws"]))
+    head.load_state_dict(weights)
+    return head.eval()
+
+
+def predict_probs(head: Head, features: np.ndarray, batch_rows: int = 65536) -> np.ndarray:
+    """(N, D) float32 features -> (N, C) float32 softmax of `head`, in blocks of rows (bounded memory)."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, features.shape[0], batch_rows):
+            logits = head(torch.from_numpy(np.ascontiguousarray(features[start : start + batch_rows])))
+            parts.append(torch.softmax(logits.float(), dim=1).numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, head.classifier.out_features), np.float32)
 
 
 @dataclass

@@ -60,7 +60,7 @@ from .engine import (
     train_one_epoch,
 )
 from .metrics import compute_metrics
-from .recipes import Recipe, build_recipe
+from .recipes import FlipsOverride, Recipe, build_recipe
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ def _check_resumable(cfg: ExperimentConfig, stage: str, out: Path, flips: dict[s
         )
 
 
-def preflight(cfg: ExperimentConfig, stage: str, out: Path | None = None) -> dict[str, Split]:
+def preflight(
+    cfg: ExperimentConfig, stage: str, out: Path | None = None, flips: FlipsOverride | None = None
+) -> dict[str, Split]:
     """Everything that can be checked without workers: split files (and the unlabelled pool when
     data.unlabeled_split is set: its format, labels and no path shared with another split), the model's files,
     batch sizes, and that an existing checkpoint in the output folder belongs to this run."""
@@ -142,24 +144,30 @@ def preflight(cfg: ExperimentConfig, stage: str, out: Path | None = None) -> dic
         if missing is not None:
             raise UserError(f"{split.where(missing)}: missing file {split.full_path(missing)} ({name} split)")
     labels = splits["train"].labels
-    recipe = build_recipe(cfg, stage, Manifest.from_labels(labels, cfg.data.num_classes), labels)
-    flips = recipe.checkpoint_extra.get("results_extra", {}).get("flips")
-    _check_resumable(cfg, stage, out or cfg.layout.stage(stage), flips)
+    recipe = build_recipe(cfg, stage, Manifest.from_labels(labels, cfg.data.num_classes), labels, flips)
+    report = recipe.checkpoint_extra.get("results_extra", {}).get("flips")
+    _check_resumable(cfg, stage, out or cfg.layout.stage(stage), report)
     return splits
 
 
 def fit(
-    cfg: ExperimentConfig, stage: str = "stage1", out: Path | None = None, callbacks: list | None = None
+    cfg: ExperimentConfig,
+    stage: str = "stage1",
+    out: Path | None = None,
+    callbacks: list | None = None,
+    flips: FlipsOverride | None = None,
 ) -> dict[str, Any]:
     """Run `stage` on Ray Train; returns results.json (best validation epoch and its test metrics).
 
-    `out` replaces the stage's folder <run_dir>/<stage> (sweep trials); `callbacks` go to the TorchTrainer.
+    `out` replaces the stage's folder <run_dir>/<stage> (sweep trials); `callbacks` go to the TorchTrainer;
+    `flips` (stage 2: a flips.npz and its threshold) replaces the method's label policy (iterated LNR's rounds).
     """
     cfg = cfg.with_absolute_paths()
     out = Path(out).resolve() if out is not None else cfg.layout.stage(stage)
-    preflight(cfg, stage, out)
+    preflight(cfg, stage, out, flips)
     config_lib.save_resolved(cfg, out)
-    loop_config = {"config": config_lib.to_dict(cfg), "stage": stage, "out": str(out)}
+    loop_config = {"config": config_lib.to_dict(cfg), "stage": stage, "out": str(out),
+                   "flips": None if flips is None else [str(flips[0]), flips[1]]}  # fmt: skip
     name = stage if out == cfg.layout.stage(stage) else out.name
     run_workers(train_worker, loop_config, cfg.ray, name, cfg.layout.ray, out, callbacks)
     return json.loads((out / "results.json").read_text())
@@ -221,7 +229,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     splits = load_splits(cfg)
     manifest = Manifest.from_labels(splits["train"].labels, cfg.data.num_classes)
     torch.manual_seed(cfg.seed)  # the initial weights (rank 0's reach every rank through DDP) follow the seed
-    recipe = build_recipe(cfg, stage, manifest, splits["train"].labels)
+    override = loop_config.get("flips")
+    recipe = build_recipe(
+        cfg, stage, manifest, splits["train"].labels, None if override is None else tuple(override)
+    )
     train_cfg = recipe.train
     per_worker = train_cfg.batch_size // ctx.world_size
     eval_per_worker = train_cfg.eval_batch_size // ctx.world_size
