@@ -99,8 +99,10 @@ def run_rounds(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
         if summary is None:
             storage.write_json(layout.setup, wanted)
             round_table = first if r == 1 else None
-            summary = {**wanted, **_run_round(cfg, method, backend, layout, original, tables, seed, threshold,
-                                              round_table)}  # fmt: skip
+            ran = _run_round(
+                cfg, method, backend, folder, layout, original, tables, seed, threshold, round_table
+            )
+            summary = {**wanted, **ran}
             storage.write_json(layout.summary, summary)
         else:
             log.info("rounds: round %d done before (%s), kept", r, layout.summary)
@@ -148,6 +150,7 @@ def _run_round(
     cfg: ExperimentConfig,
     method: Stage2Method,
     backend: str,
+    folder: Path,
     layout: RoundLayout,
     original: np.ndarray,
     previous: list[FlipTable],
@@ -169,11 +172,11 @@ def _run_round(
         predicted_by = "the stage-1 model (infer/)"
     else:
         threshold_from = "round 1"
-        previous_stage2 = RunLayout.round(layout.root.parent.parent, r - 1)
+        before_layout = RunLayout.round(folder, r - 1)
         if backend == "features":
             predicted_by = f"round {r - 1}'s head on the cached training features"
             inputs = head_inputs(cfg)
-            probs = predict_probs(load_head(RunLayout.head(previous_stage2.stage2)), inputs.features["train"])
+            probs = predict_probs(load_head(RunLayout.head(before_layout.stage2)), inputs.features["train"])
             storage.write_npy(layout.predictions, probs)
             if cfg.tune.per_round:
                 threshold, sweep = _retune(cfg, method, probs, original, previous, seed, inputs)
@@ -182,7 +185,7 @@ def _run_round(
             table = next_round(probs, original, previous, threshold, seed).table
         else:
             predicted_by = f"round {r - 1}'s stage-2 model (sharded inference, {cfg.infer.passes} passes)"
-            infer = replace(cfg.infer, checkpoint=str(previous_stage2.stage2_checkpoint), threshold=threshold,
+            infer = replace(cfg.infer, checkpoint=str(before_layout.stage2_checkpoint), threshold=threshold,
                             candidates_t_min=None, seed=seed)  # fmt: skip
             run_inference(replace(cfg, infer=infer), out=layout.infer, labels=layout.labels, round=r)
             table = storage.load_flip_table(layout.infer / "flips.npz")
@@ -232,9 +235,9 @@ def _retune(
         total = cumulative([*previous, table])
         result = train_head(cfg.stage2, method, cfg.tune.epochs or cfg.stage2.epochs, inputs.manifest,
                             inputs.features, inputs.labels, inputs.classifier, total, cfg.seed, objective)  # fmt: skip
+        metrics = {f"val_{k}": result.best.get(k) for k in ("balanced_acc", "top1", "few", objective)}
         rows.append({"threshold": t, "num_flips": len(table), "cumulative_flips": len(total),
-                     "best_epoch": result.best_epoch, **{f"val_{k}": result.best.get(k)
-                                                         for k in ("balanced_acc", "top1", "few", objective)}})  # fmt: skip
+                     "best_epoch": result.best_epoch, **metrics})  # fmt: skip
     chosen = max(rows, key=lambda row: (row[f"val_{objective}"], -row["num_flips"]))
     return chosen["threshold"], rows
 

@@ -217,7 +217,8 @@ def _rounds_markdown(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[
         "(lnr_dist/rounds.py), and its stage 2 trains on all flips so far. The method's row above is its last "
         "round. Per seed: rounds.csv; per method and seed: methods/<name>/rounds.png.",
         "",
-        "| method | round | seeds | threshold | new flips | flips so far | top-1 | balanced | many | medium | few | ECE |",
+        "| method | round | seeds | threshold | new flips | flips so far | top-1 | balanced | many | medium | few "
+        "| ECE |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = ("threshold", "num_flips", "cumulative_flips", "test_top1", "test_balanced_acc", "test_many",
