@@ -256,6 +256,20 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .stage2.export import export_flipped_split
+
+    threshold = _yaml_scalar(args.threshold)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
+        raise UserError(f"--threshold {args.threshold!r}: give a number (a z threshold, e.g. 2.5)")
+    done = export_flipped_split(
+        _load_experiment(args), args.out, threshold, args.method, args.seed, args.force
+    )
+    print(f"{done.source}: {done.num_flips} of the training labels changed")
+    print(f"written: {done.split} (<path> <label>) and {done.csv} (index, path, original_label, new_label)")
+    return 0
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     from .launch.submit import JobFailed, LaunchOptions, describe, launch, wait_for
 
@@ -353,6 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--budget", help="pool images to mine, K (mining.budget; default from the config)")
     _add_config_args(mine, required=True)
     mine.set_defaults(func=_cmd_mine)
+
+    export = commands.add_parser(
+        "export",
+        help="write the flipped training split (<path> <label>) and a CSV of the changes",
+        description="Reads the run folder's infer/ (and tune/chosen_threshold.json); writes --out, a split file "
+        "with the input split's paths and the flipped labels, and --out with suffix .csv (index, path, "
+        "original_label, new_label). Default labels: LNR at the sweep's threshold, else infer.threshold. "
+        "Example: lnr-dist export --config configs/mini.yaml --out runs/mini/flipped_train.txt run_dir=runs/mini/seed0",
+    )
+    choice = export.add_mutually_exclusive_group()
+    choice.add_argument("--threshold", help="LNR's flips at this z threshold (e.g. 2.5)")
+    choice.add_argument(
+        "--method", help="the labels this stage-2 method trains on (e.g. lnr, random, mislas)"
+    )
+    export.add_argument("--out", required=True, help="the split file to write (its CSV goes beside it)")
+    export.add_argument("--seed", type=int, help="in a `reproduce` folder: read run_dir/seed<SEED>/")
+    export.add_argument("--force", action="store_true", help="overwrite --out and its CSV if they exist")
+    _add_config_args(export, required=True)
+    export.set_defaults(func=_cmd_export)
 
     show = commands.add_parser(
         "config", help="print the resolved config (defaults filled in) as YAML, usable as --config"
