@@ -477,6 +477,8 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     run_dir: str = "runs/experiment"
     seed: int = 0
+    # per-epoch TensorBoard scalars in each training job's folder (train/scalars.py); off: no event files
+    tensorboard: bool = True
     stage1: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)

@@ -98,7 +98,7 @@ JOBS: dict[str, Job] = {
             "stage1",
             _stage1,
             "the data split files (data.root)",
-            "stage1/ (checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz)",
+            "stage1/ (checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz, tensorboard/)",
         ),
         Job(
             "infer",
@@ -110,15 +110,16 @@ JOBS: dict[str, Job] = {
             "tune",
             _tune,
             "infer/ (predictions.npy or candidates.npz), the stage-1 checkpoint (stage2.checkpoint), features/",
-            "tune/ (sweep.csv, sweep.md, sweep.png, chosen_threshold.json; trial_t*/, chosen/ on images)",
+            "tune/ (sweep.csv, sweep.md, sweep.png, chosen_threshold.json; trial_t*/, chosen/: a stage-2 run each "
+            "on images, only tensorboard/ on features)",
         ),
         Job(
             "stage2",
             _stage2,
             "the stage-1 checkpoint (stage2.checkpoint); infer/ for flips, tune/chosen_threshold.json for policy "
             "tuned; features/ on the features backend",
-            "stage2/ or `out` (results.json, test_logits.npz, config.yaml; on images also checkpoints/{last,best}.pt "
-            "and metrics.csv)",
+            "stage2/ or `out` (results.json, test_logits.npz, config.yaml, tensorboard/; on images also "
+            "checkpoints/{last,best}.pt and metrics.csv)",
         ),
         Job(
             "features",

@@ -3,9 +3,11 @@ instead of joining strings (a renamed file or folder is one edit here).
 
 A run folder (`run_dir`) holds one backbone's pipeline:
 
-    <run_dir>/stage1/        checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz, config.yaml
+    <run_dir>/stage1/        checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz, config.yaml,
+                             tensorboard/ (per-epoch scalars; so has every training job's folder, below)
     <run_dir>/infer/         flips.npz, summary.json, predictions.npy, labels.npy, candidates.npz
     <run_dir>/tune/          sweep.csv, sweep.md, sweep.png, chosen_threshold.json, trial_t<t>/, chosen/
+                             (trial_t<t>/tensorboard/: each trial's curves, one TensorBoard run per threshold)
     <run_dir>/features/      {train,val,test}.npy (+ pool.npy when data.unlabeled_split is set), meta.json
     <run_dir>/mine/          mined.csv, summary.json, precision_recall.png, mined_classes.png (`lnr-dist mine`)
     <run_dir>/stage2/        like stage1/ (the stage-2 job's default output)
@@ -120,6 +122,12 @@ class RunLayout:
         return Path(folder) / "head.pt"
 
     @staticmethod
+    def tensorboard(folder: Path) -> Path:
+        """TensorBoard event files of a training job in its folder (train/scalars.py: per-epoch scalars, one
+        TensorBoard run per folder)."""
+        return Path(folder) / "tensorboard"
+
+    @staticmethod
     def summary(folder: Path) -> Path:
         """summary.json of the inference or flips job in its folder."""
         return Path(folder) / "summary.json"
@@ -171,7 +179,8 @@ class RunLayout:
         return self.tune / "sweep.csv"
 
     def tune_trial(self, threshold: float) -> Path:
-        """A sweep trial's stage-2 folder (trials on images)."""
+        """A sweep trial's stage-2 folder (trials on images); on cached features it holds only the trial's
+        tensorboard/."""
         return self.tune / f"trial_t{threshold:g}"
 
     @property

@@ -20,6 +20,7 @@ from ..lnr import FlipTable
 from ..stage2.flip_sources import flip_report
 from ..stage2.oversample import NotApplicable
 from ..stage2.registry import method_of, stage2_flips
+from ..train.scalars import scalars_folder
 from ..train.trainer import write_test_logits
 from .cache import head_inputs
 from .heads import evaluate_logits, train_head
@@ -64,8 +65,8 @@ def run_on_features(
         table, threshold = stage2_flips(cfg, labels["train"]) if flips is None else flips
         extra["flips"] = flip_report(method.name, table, threshold)
     result = train_head(cfg.stage2, method, cfg.stage2.epochs, manifest, {**features, "train": train_x},
-                        {**labels, "train": train_y}, inputs.classifier, table, cfg.seed,
-                        cfg.tune.objective)  # fmt: skip
+                        {**labels, "train": train_y}, inputs.classifier, table, cfg.seed, cfg.tune.objective,
+                        tensorboard=scalars_folder(cfg, folder))  # fmt: skip
     with torch.no_grad():
         val_logits, test_logits = (result.head(torch.from_numpy(features[s])) for s in ("val", "test"))
     evaluation = evaluate_logits(val_logits, test_logits, labels, manifest)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..stage2.registry import Stage2Method
 from ..train.calibration import fit_temperature, metrics_at
 from ..train.engine import build_lr_scheduler, build_optimizer
 from ..train.recipes import head_param_groups
+from ..train.scalars import EpochScalars
 
 
 class Head(nn.Module):
@@ -88,10 +90,32 @@ def train_head(
     seed: int,
     objective: str,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    tensorboard: Path | None = None,
 ) -> HeadResult:
     """Train `method`'s head (its loss, sampler and LWS choice, the stage-2 recipe's optimizer and schedule) on
     features["train"] ((N, D) float32) with labels["train"] ((N,) int64) replaced through `flips`; keep the
-    epoch with the best validation `objective` (a metric name of metrics_at)."""
+    epoch with the best validation `objective` (a metric name of metrics_at). With `tensorboard` (a folder),
+    each epoch's mean training loss, last LR, feature rows per second and validation metrics go there as
+    TensorBoard scalars (train/scalars.py; a head always trains from epoch 0, so earlier curves are replaced)."""
+    with EpochScalars(tensorboard) as scalars:
+        return _train_head(s2, method, epochs, manifest, features, labels, classifier, flips, seed, objective,
+                           on_epoch, scalars)  # fmt: skip
+
+
+def _train_head(
+    s2: Stage2Config,
+    method: Stage2Method,
+    epochs: int,
+    manifest: Manifest,
+    features: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    classifier: dict[str, torch.Tensor],
+    flips: FlipTable | None,
+    seed: int,
+    objective: str,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None,
+    scalars: EpochScalars,
+) -> HeadResult:
     torch.manual_seed(seed)
     train_labels = labels["train"]
     targets = flips.apply(np.arange(train_labels.size), train_labels) if flips is not None else train_labels
@@ -111,6 +135,7 @@ def train_head(
         set_loss_epoch(loss_fn, epoch, epochs)
         order = sampler_order(train_labels, sampler, seed, epoch)
         head.train()
+        loss_sum, started = 0.0, time.perf_counter()
         for start in range(0, len(order), s2.batch_size):
             rows = torch.from_numpy(order[start : start + s2.batch_size])
             loss = loss_fn(head(x[rows]), y[rows])
@@ -118,11 +143,16 @@ def train_head(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            loss_sum += loss.item() * len(rows)
+        seconds = time.perf_counter() - started
         head.eval()
         with torch.no_grad():
             metrics = metrics_at(head(x_val), y_val, manifest)
         metrics = {k: v for k, v in metrics.items() if k != "per_class_acc"}
         result.history.append({"epoch": epoch, **metrics})
+        scalars.write(epoch, {"train_loss": loss_sum / max(len(order), 1), "lr": optimizer.param_groups[0]["lr"],
+                              "images_per_second": len(order) / max(seconds, 1e-9),
+                              **{f"val_{k}": v for k, v in metrics.items()}})  # fmt: skip
         if metrics[objective] > result.best[objective]:
             result.best_epoch, result.best = epoch, metrics
             best_state = copy.deepcopy(head.state_dict())

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ from .engine import (
 )
 from .metrics import compute_metrics
 from .recipes import FlipsOverride, Recipe, build_recipe
+from .scalars import EpochScalars, scalars_folder
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +220,13 @@ def unlabeled_stream(
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker loop (every rank runs it)."""
+    """Ray Train worker loop (every rank runs it); what it opens on the way (rank 0's TensorBoard writer) is
+    closed however it ends."""
+    with ExitStack() as closing:
+        _train(loop_config, closing)
+
+
+def _train(loop_config: dict[str, Any], closing: ExitStack) -> None:
     cfg = config_lib.from_dict(ExperimentConfig, loop_config["config"], "<ray worker config>")
     stage = loop_config["stage"]
     ctx, device = worker_setup(cfg.ray)
@@ -268,6 +276,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             best = _best_of_resumed_run(checkpoints / "best.pt", best, start_epoch)
         log.info("resumed %s from %s: epoch %d done", stage, resumed.path, state["epoch"])
     rows = [r for r in _read_rows(out / "metrics.csv") if r["epoch"] < start_epoch]
+    scalars = closing.enter_context(
+        EpochScalars(scalars_folder(cfg, out) if ctx.is_main else None, start_epoch)
+    )
 
     for epoch in range(start_epoch, train_cfg.epochs):
         inject_fault(cfg.fault, ctx, epoch, out)
@@ -308,6 +319,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             rows.append(row)
             storage.write_csv(out / "metrics.csv", rows, CSV_FIELDS)
             training_curves(rows, out / "training_curves.png", f"{stage} ({cfg.run_dir})")
+            scalars.write(epoch, row)
         log.info(
             "%s epoch %d/%d: loss %.4f, val top-1 %.2f, balanced %.2f, few %.2f, ECE %.2f (%.1f img/s)",
             stage, epoch + 1, train_cfg.epochs, stats["train_loss"], val["top1"], val["balanced_acc"],
