@@ -25,15 +25,16 @@ Memory: each point runs in a fresh interpreter (this script with --point) and re
 its RSS just before the shard (Linux: the mark is reset there through /proc/self/clear_refs), i.e. the shard's
 labels, the block being generated and processed, the engine's working arrays and the sparse outputs the worker
 keeps. An RSS delta rather than tracemalloc because tracemalloc slows the engine's many small allocations down
-(measured here at 10^6 x 10^3 / 8: the flips pass took 1.9x its CPU time, the merge at C = 10^4 10x), which would
+(measured: the flips pass took 1.9x its CPU time at 10^6 x 10^3 / 8, the merge 10x at C = 10^4), which would
 bend the fitted exponent, while the high-water mark costs nothing and is what a worker's memory limit sees; a fresh
 process per point keeps an earlier point's peak and the allocator's cached memory out of the next one. A real worker
 adds the interpreter, its libraries and, in today's inference job, its dense R x C predictions (`GiB dense`).
-Exponent: least squares of log(time) on log(N C / W) over the points run; 1 means the work per worker is linear in
-the entries it owns (target 0.9-1.1).
+Exponent: least squares of log(time per worker) on log(N C / W) over the points run; 1 means the work per worker is
+linear in the entries it owns (target 0.9-1.1). Fitted on wall and on CPU seconds, on CPU without the merge, and on
+CPU over the shards of at least 10^7 entries, where fixed per-point costs no longer weigh.
 
-Last line: flips_scale_exponent=<wall, worker> flips_scale_cpu_exponent=<cpu, worker>
-flips_scale_shard_exponent=<wall, without the merge> largest_worker_s=<s> largest_peak_mib=<MiB>
+Last line: flips_scale_exponent=<wall> flips_scale_cpu_exponent=<CPU> flips_scale_cpu_exponent_large=<CPU, shards
+>= 1e7 entries> largest_worker_s=<wall s of the largest shard> largest_peak_mib=<its peak RSS delta, MiB>
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ WORKERS = (8, 64, 512)
 QUICK_SIZES = ((10**4, 100), (4 * 10**4, 400))
 QUICK_WORKERS = (2, 8)
 IMBALANCE = (1_280, 5)  # ImageNet-LT's largest and smallest class
+# Shards this large (R x C entries) take >= ~0.1 s, so fixed per-point costs (the O(W C) merge, the O(C) moments,
+# per-call overheads) are small beside the work; the exponent is also fitted on them alone.
+LARGE_SHARD = 10**7
 
 
 @dataclass(frozen=True)
@@ -227,13 +231,14 @@ def run_point(num_samples: int, num_classes: int, workers: int, args: argparse.N
     return {
         "rows": rows,
         "entries": rows * num_classes,
-        "block_bytes": shard.block_rows * num_classes * dtype.itemsize,
+        "block_bytes": min(shard.block_rows, rows) * num_classes * dtype.itemsize,
         "dense_bytes": rows * num_classes * dtype.itemsize,
         "stats_s": stats_clock.wall,
         "merge_s": merge_clock.wall,
         "flips_s": flips_clock.wall,
         "wall_s": stats_clock.wall + merge_clock.wall + flips_clock.wall,
         "cpu_s": stats_clock.cpu + merge_clock.cpu + flips_clock.cpu,
+        "merge_cpu_s": merge_clock.cpu,
         "peak_bytes": peak,
         "flips": len(table),
         "candidates": len(candidates),
@@ -266,7 +271,8 @@ def describe(num_samples: int, num_classes: int, workers: int, p: dict[str, floa
     return (
         f"N={num_samples:>11,} C={num_classes:>6,} W={workers:>4} | shard {p['rows']:>9,} rows "
         f"({p['dense_bytes'] / 2**30:6.2f} GiB dense) | stats {p['stats_s']:7.2f} s  merge {p['merge_s']:6.3f} s  "
-        f"flips+candidates {p['flips_s']:7.2f} s | worker {p['wall_s']:7.2f} s wall {p['cpu_s']:7.2f} s CPU | "
+        f"flips+candidates {p['flips_s']:7.2f} s | worker {p['wall_s']:7.2f} s wall {p['cpu_s']:7.2f} s CPU "
+        f"(merge {p['merge_cpu_s']:.3f}) | "
         f"{1e9 * p['wall_s'] / p['entries']:5.2f} ns/entry | peak RSS +{p['peak_bytes'] / 2**20:6.1f} MiB "
         f"(block {p['block_bytes'] / 2**20:.1f} MiB) | {p['flips']:,} flips, {p['candidates']:,} candidates "
         f"(x{workers} = {p['candidates'] * workers * 32 / 2**30:.2f} GiB gathered)"
@@ -338,8 +344,7 @@ def main() -> None:
         f"simulated worker; {args.dtype} predictions; threshold {args.threshold}, t_min {args.t_min}; "
         f"peak = RSS high-water mark above the worker's RSS before its shard"
     )
-    x, wall, cpu, shard = [], [], [], []
-    largest: dict[str, float] = {}
+    points: list[dict[str, float]] = []
     for num_samples, num_classes in sizes:
         for w in workers:
             rows = num_samples // w
@@ -353,24 +358,28 @@ def main() -> None:
                     f"N={num_samples:>11,} C={num_classes:>6,} W={w:>4} | skipped: shard > --max-shard-entries"
                 )
                 continue
-            point = spawn_point(num_samples, num_classes, w)
-            print(describe(num_samples, num_classes, w, point), flush=True)
-            x.append(point["entries"])
-            wall.append(point["wall_s"])
-            cpu.append(point["cpu_s"])
-            shard.append(point["stats_s"] + point["flips_s"])
-            if point["entries"] >= largest.get("entries", 0):
-                largest = point
-    if not x:
+            points.append(spawn_point(num_samples, num_classes, w))
+            print(describe(num_samples, num_classes, w, points[-1]), flush=True)
+    if not points:
         raise SystemExit("no point ran: every (N, C, W) was skipped")
-    exponent, cpu_exponent, shard_exponent = (fit_exponent(x, t) for t in (wall, cpu, shard))
+    large = [p for p in points if p["entries"] >= LARGE_SHARD]
+
+    def fit(chosen: list[dict[str, float]], seconds) -> float:
+        return fit_exponent([p["entries"] for p in chosen], [seconds(p) for p in chosen])
+
+    exponent = fit(points, lambda p: p["wall_s"])
+    cpu_exponent = fit(points, lambda p: p["cpu_s"])
+    shard_cpu_exponent = fit(points, lambda p: p["cpu_s"] - p["merge_cpu_s"])
+    large_cpu_exponent = fit(large, lambda p: p["cpu_s"])
     print(
-        f"fit over {len(x)} points, time per worker ~ (N C / W)^b: b = {exponent:.3f} wall, {cpu_exponent:.3f} CPU, "
-        f"{shard_exponent:.3f} wall without the merge; load average {os.getloadavg()[0]:.2f} at the end"
+        f"fit over {len(points)} points, time per worker ~ (N C / W)^b: b = {exponent:.3f} wall, {cpu_exponent:.3f} "
+        f"CPU, {shard_cpu_exponent:.3f} CPU without the merge, {large_cpu_exponent:.3f} CPU over the {len(large)} "
+        f"shards of >= {LARGE_SHARD:.0e} entries; load average {os.getloadavg()[0]:.2f} at the end"
     )
+    largest = max(points, key=lambda p: p["entries"])
     print(
         f"flips_scale_exponent={exponent:.3f} flips_scale_cpu_exponent={cpu_exponent:.3f} "
-        f"flips_scale_shard_exponent={shard_exponent:.3f} largest_worker_s={largest['wall_s']:.2f} "
+        f"flips_scale_cpu_exponent_large={large_cpu_exponent:.3f} largest_worker_s={largest['wall_s']:.2f} "
         f"largest_peak_mib={largest['peak_bytes'] / 2**20:.1f}"
     )
 
