@@ -172,8 +172,8 @@ class ClassStats:
         """Statistics of some rows, on this thread.
 
         Works through blocks of default_chunk_rows(C) rows, so its float64 working arrays stay near CHUNK_BYTES
-        whatever R is (blocks of MAX_BLOCK_ROWS made several (2**18, C) float64 copies: 2 GiB each at C = 1,000);
-        the sums are exact, so the block size does not change them.
+        whatever R is (one block of R rows needs several (R, C) float64 arrays: 2 GiB each for 2**18 rows at
+        C = 1,000); the sums are exact, so the block size does not change them.
 
         Args:
             probs: (R, C) probabilities, float16/32/64.
