@@ -10,6 +10,14 @@ from typing import TypeVar
 
 R = TypeVar("R")
 MAX_THREADS = 8
+# A block of rows is sized so its float64 working arrays stay near this many bytes (see default_chunk_rows):
+# small enough to stay in cache, large enough that NumPy's per-call overhead does not matter.
+CHUNK_BYTES = 2 * 2**20
+
+
+def default_chunk_rows(num_classes: int) -> int:
+    """Rows per block: about CHUNK_BYTES of float64 per working array, whatever C is."""
+    return max(1, CHUNK_BYTES // (8 * max(num_classes, 1)))
 
 
 def default_threads() -> int:

@@ -22,21 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blocks import map_blocks
+from .blocks import default_chunk_rows, map_blocks
 from .rng import uniforms
 from .stats import ClassMoments, ClassStats, accumulate_stats, mean_std_of
 from .table import FlipTable
 
-# A block of rows is sized so its float64 working arrays stay near this many bytes (see default_chunk_rows):
-# small enough to stay in cache, large enough that NumPy's per-call overhead does not matter.
-CHUNK_BYTES = 2 * 2**20
 # Relative slack of the float32 prefilter in find_candidates; float64 rounding is ~1e-16, so this never drops one.
 _PREFILTER_SLACK = 1e-9
-
-
-def default_chunk_rows(num_classes: int) -> int:
-    """Rows per block: about CHUNK_BYTES of float64 per working array, whatever C is."""
-    return max(1, CHUNK_BYTES // (8 * max(num_classes, 1)))
 
 
 def standardize(probs: np.ndarray, moments: ClassMoments) -> np.ndarray:
@@ -258,7 +250,10 @@ def random_flips(
     """
     labels = np.asarray(labels, dtype=np.int64)
     indices = np.asarray(indices, dtype=np.int64)
-    rarer_count = (prior[None, :] > prior[labels][:, None]).sum(1)
+    # Classes rarer than each class (prior_k > prior_c), counted on the sorted (C,) priors: comparing every sample
+    # with every class would be an (N, C) array.
+    rarer_than_class = prior.shape[0] - np.searchsorted(np.sort(prior), prior, side="right")
+    rarer_count = rarer_than_class[labels]
     eligible = np.flatnonzero(rarer_count > 0)
     if num_flips > eligible.size:
         raise ValueError(

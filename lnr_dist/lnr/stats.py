@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blocks import map_blocks
+from .blocks import default_chunk_rows, map_blocks
 
 FRACTION_BITS = 32
 _SCALE = float(2**FRACTION_BITS)
@@ -169,17 +169,17 @@ class ClassStats:
 
     @classmethod
     def from_chunk(cls, probs: np.ndarray, labels: np.ndarray) -> ClassStats:
-        """Statistics of one block of rows.
+        """Statistics of some rows, on this thread.
+
+        Works through blocks of default_chunk_rows(C) rows, so its float64 working arrays stay near CHUNK_BYTES
+        whatever R is (one block of R rows needs several (R, C) float64 arrays: 2 GiB each for 2**18 rows at
+        C = 1,000); the sums are exact, so the block size does not change them.
 
         Args:
             probs: (R, C) probabilities, float16/32/64.
             labels: (R,) integer labels in [0, C).
         """
-        packed = np.zeros((len(_FIELDS) + 1, probs.shape[1]), dtype=np.int64)
-        for start in range(0, probs.shape[0], MAX_BLOCK_ROWS):
-            rows = slice(start, start + MAX_BLOCK_ROWS)
-            packed += _block_sums(probs[rows], np.asarray(labels[rows], dtype=np.int64))
-        return cls.from_array(packed)
+        return accumulate_stats(probs, labels, default_chunk_rows(probs.shape[1]), threads=1)
 
     def merge(self, other: ClassStats) -> ClassStats:
         """Statistics of the union of two disjoint sample sets (exact, commutative, associative)."""
