@@ -291,7 +291,8 @@ class Screen:
     def _progress(self, payload: str) -> bool:
         """Apply one record; False when it is not one (the line is then shown as it is)."""
         try:
-            record = json.loads(payload)
+            # raw_decode: Ray's log deduplication may append " [repeated 3x across cluster]" to the line
+            record, _ = json.JSONDecoder().raw_decode(payload)
             key, desc, done, total = record["id"], record["desc"], record["done"], record["total"]
             elapsed, every, closed = float(record["elapsed"]), float(record["every"]), bool(record["closed"])
         except (ValueError, KeyError, TypeError):
@@ -414,7 +415,7 @@ def uninstall_screen() -> None:
     if sys.stderr is screen.err:
         sys.stderr = screen.err.inner
     screen.close()
-    set_display(Display(level=_display.level))
+    set_display(Display())
 
 
 def attach_run_log(path: Path, header: str) -> None:

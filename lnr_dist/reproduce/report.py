@@ -123,7 +123,7 @@ def format_summary(report: dict[str, Any]) -> str:
     ]
     for method, entry in report["table"].items():
         if "not_applicable" in entry:
-            lines.append(f"{method:<20} {0:>5}   n/a: {entry['not_applicable']}"[:110])
+            lines.append(f"{method:<20} {0:>5}   n/a: {entry['not_applicable']}")
             continue
         cells = [_cell(entry[k], 2, 1).rjust(7) for k in ("top1", "few", "ece")]
         lines.append(f"{method:<20} {entry['seeds']:>5} " + " ".join(cells))

@@ -6,9 +6,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 
+from lnr_dist.cli import main
 from lnr_dist.core import logs
 from lnr_dist.core.logs import PROGRESS_MARK, NoiseFilter, Screen, format_progress, is_noise
 from lnr_dist.core.progress import BAR_EVERY_S, Progress, Throttle
@@ -182,6 +185,8 @@ def test_progress_records_are_one_live_line_on_a_terminal_and_plain_lines_in_the
     assert again.endswith("| 250/1000 images [00:01<00:03, 250 images/s]")
     clock.now += 6  # past the record's `every`: the log gets a plain line
     feed(screen, [record(500, 7.0)])
+    feed(screen, [record(750, 7.5) + " [repeated 3x across cluster]"])  # as Ray's log deduplication sends it
+    assert err.getvalue().endswith("| 750/1000 images [00:07<00:02, 100 images/s]")
     feed(screen, [record(1000, 8.0, closed=True)])
     assert err.getvalue().endswith("\r\x1b[K")  # the bar is gone with its pass
     screen.close()
@@ -269,8 +274,6 @@ def restore_display():
 def test_install_screen_replaces_the_streams_and_sets_the_display(restore_display):
     out, err = screen_streams()
     screen = logs.install_screen("debug", terminal=True, out=out, err=err)
-    import sys
-
     try:
         assert sys.stdout is screen.out and sys.stderr is screen.err
         assert logs.display() == logs.Display(level="DEBUG", bar=True)
@@ -280,3 +283,11 @@ def test_install_screen_replaces_the_streams_and_sets_the_display(restore_displa
         logs.uninstall_screen()
     assert sys.stdout is not screen.out and logs.display().bar is False
     assert out.getvalue() == "kept\n" and err.getvalue() == ""
+
+
+def test_the_cli_has_the_screen_for_the_command_only(capsys):
+    before = sys.stdout, sys.stderr
+    config = Path(__file__).parents[2] / "configs" / "mini.yaml"
+    assert main(["--verbose", "--log-level", "debug", "config", "--config", str(config)]) == 0
+    assert (sys.stdout, sys.stderr) == before and logs.display() == logs.Display()
+    assert capsys.readouterr().out.startswith("data:\n")
