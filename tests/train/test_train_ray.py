@@ -15,15 +15,17 @@ from PIL import Image
 from lnr_dist.cli import main
 from lnr_dist.core import logs
 from lnr_dist.core.dist import RankContext
+from lnr_dist.core.layout import RunLayout
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.models.checkpoint import load_checkpoint
 from lnr_dist.models.network import build_model
 from lnr_dist.train.engine import evaluate, lr_multiplier
 from lnr_dist.train.metrics import compute_metrics
+from lnr_dist.train.scalars import EPOCH_TAGS, EVENT_FILES
 from lnr_dist.train.trainer import fit, load_splits
 
-from ..conftest import mini_experiment
+from ..conftest import mini_experiment, tensorboard_scalars
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -84,12 +86,25 @@ def test_progress_lines_of_rank_0_reach_the_screen_and_the_run_log_outside_a_ter
     assert len({epoch for _, epoch, _ in found}) >= 6  # most epochs take longer than 0.05 s on any machine
     assert len({pid for pid, _, _ in found}) == 1  # rank 0 alone reports
     assert all(0 < int(done.replace(",", "")) <= 329 for _, _, done in found)
-    assert (
-        logs.PROGRESS_MARK not in screen and "\x1b[" not in screen
-    )  # lines, not bar records; no colour codes
+    assert logs.PROGRESS_MARK not in screen and "\x1b[" not in screen  # lines, not bar records; no colours
     assert "PlacementGroupCleaner" not in screen  # Ray's noise stays off the screen...
     run_log = cfg.layout.log("stage1").read_text()
     assert all(line in run_log for line in screen.splitlines())  # ...and the run log holds all the screen had
+
+
+def test_tensorboard_has_every_epoch_of_metrics_csv_under_its_tag(trained):
+    cfg, _, _ = trained
+    out = cfg.layout.stage("stage1")
+    scalars = tensorboard_scalars(RunLayout.tensorboard(out))
+    assert {"train/loss", "train/acc", "train/lr", "train/images_per_second", "val/top1", "val/balanced_acc",
+            "val/few", "val/ece", "val/nll"} <= set(scalars)  # fmt: skip
+    rows = read_rows(out / "metrics.csv")
+    # one point per epoch, equal to metrics.csv's (float32 in the event file)
+    for column, tag in EPOCH_TAGS.items():
+        expected = [(int(r["epoch"]), float(r[column])) for r in rows if r.get(column)]
+        assert [s for s, _ in scalars.get(tag, [])] == [s for s, _ in expected], tag
+        assert [v for _, v in scalars.get(tag, [])] == pytest.approx([v for _, v in expected], rel=1e-6), tag
+    assert len(list(RunLayout.tensorboard(out).glob(EVENT_FILES))) == 1  # rank 0 alone wrote
 
 
 def test_two_worker_metrics_equal_one_process_on_the_same_model(trained):
@@ -115,12 +130,19 @@ def test_interrupted_run_resumes_with_its_optimizer_state(mini_root, tmp_path, r
     first_rows = read_rows(out / "metrics.csv")
     assert before["epoch"] == 1 and len(first_rows) == 2
     assert any("momentum_buffer" in s for s in before["optimizer"]["state"].values())
+    tensorboard = RunLayout.tensorboard(out)
+    assert [s for s, _ in tensorboard_scalars(tensorboard)["val/balanced_acc"]] == [0, 1]
 
     results = fit(cfg, "stage1")  # the fault fires once; the same command picks up at epoch 2
     after = load_checkpoint(out / "checkpoints/last.pt")
     rows = read_rows(out / "metrics.csv")
     assert after["epoch"] == 3 and [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert rows[:2] == first_rows  # epochs 0-1 were not trained again
+    # the resumed run wrote its own event file, with the epochs after the resumed one only; one point per epoch
+    first_file, resumed_file = sorted(tensorboard.glob(EVENT_FILES))
+    assert {s for points in tensorboard_scalars(resumed_file).values() for s, _ in points} == {2, 3}
+    curve = tensorboard_scalars(tensorboard)["val/balanced_acc"]
+    assert curve == [(int(r["epoch"]), pytest.approx(float(r["val_balanced_acc"]))) for r in rows]
     steps = before["scheduler"]["last_epoch"] // 2
     assert after["scheduler"]["last_epoch"] == 4 * steps  # the schedule continued, it did not restart
     factor = lr_multiplier(cfg.stage1, steps)  # the LR each epoch ended at, before and after the restart
