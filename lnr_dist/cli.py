@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .core import logs
 from .core.config import load_config
 from .core.errors import RunFailed, UserError
 from .core.logs import setup_logging
@@ -155,10 +156,14 @@ def _cmd_flips(args: argparse.Namespace) -> int:
 
 
 def _print_reproduce(report: dict) -> None:
-    print(Path(report["results_md"]).read_text())
-    print(f"steps run: {len(report['ran'])}, skipped (done before): {len(report['skipped'])}")
-    print(f"results: {report['results_md']} (and {report['results_csv']})")
-    print("figures:\n" + "\n".join(f"  {path}" for path in report["figures"]))
+    from .reproduce.report import format_summary
+
+    print(format_summary(report))
+
+
+def _keep_screen_in(args: argparse.Namespace, cfg) -> None:
+    """The run folder's log (RunLayout.log) gets this command's screen from now on, Ray's own messages included."""
+    logs.attach_run_log(cfg.with_absolute_paths().layout.log(args.command), args.command_line)
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -172,6 +177,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         overrides.append(f"reproduce.seeds={args.seeds}")
     cfg = load_config(ExperimentConfig, args.config, overrides)
+    _keep_screen_in(args, cfg)
     execute = None
     if args.cluster == "slurm":
         from .launch.submit import LaunchOptions
@@ -188,9 +194,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import demo_config, run_demo
     from .reproduce.steps import StepFailed
 
+    _keep_screen_in(args, demo_config(Path(args.out).resolve(), args.overrides))
     try:
         report = run_demo(Path(args.out), args.overrides)
     except StepFailed as exc:
@@ -252,7 +259,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 def _load_experiment(args: argparse.Namespace):
     from .experiment import ExperimentConfig
 
-    return load_config(ExperimentConfig, args.config, args.overrides)
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    if args.command != "config":
+        _keep_screen_in(args, cfg)
+    return cfg
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -398,7 +408,15 @@ def _add_allocation_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lnr-dist", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+        help="this process's, every Ray Train worker's and every Tune trial's (default INFO; DEBUG also shows "
+        "every epoch's metrics line)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="also show Ray's own messages (always kept in <run_dir>/logs/<command>.log)",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
 
     flips = commands.add_parser("flips", help="LNR flips from saved predictions")
@@ -549,6 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.command_line = " ".join(["lnr-dist", *(sys.argv[1:] if argv is None else argv)])
+    # the screen: Ray's noise off it, a live progress bar when stderr is a terminal (the workers are told)
+    logs.install_screen(args.log_level, verbose=args.verbose, terminal=sys.stderr.isatty())
     setup_logging(args.log_level)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -559,6 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailed as exc:  # not bad input: the message names the log with the workers' tracebacks
         print(f"lnr-dist {args.command}: failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        logs.uninstall_screen()
 
 
 if __name__ == "__main__":

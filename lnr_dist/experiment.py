@@ -472,6 +472,22 @@ class MiningConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """`logging:` — what a run shows while it works. Outside a terminal, rank 0 of stage 1, stage 2 (images),
+    inference and feature extraction logs images done, images/s and ETA every `log_every_s` seconds of a pass,
+    and each epoch's metrics line is shown at most that often too (first and last epoch always; the others at
+    DEBUG, `--log-level DEBUG`; all of them are in metrics.csv). In a terminal the same progress is a live bar.
+    A section of its own, not under ray: or a stage: it is how every job shows progress, here or in a SLURM
+    job's log, and no step hash or resume check reads it (changing it never re-runs a step)."""
+
+    log_every_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.log_every_s > 0:
+            raise ValueError(f"logging.log_every_s must be > 0 seconds, got {self.log_every_s}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -487,6 +503,7 @@ class ExperimentConfig:
     fault: FaultConfig = field(default_factory=FaultConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**31:

@@ -12,6 +12,7 @@ A run folder (`run_dir`) holds one backbone's pipeline:
     <run_dir>/mine/          mined.csv, summary.json, precision_recall.png, mined_classes.png (`lnr-dist mine`)
     <run_dir>/stage2/        like stage1/ (the stage-2 job's default output)
     <run_dir>/ray/           Ray Train / Tune storage (worker logs, trial folders)
+    <run_dir>/logs/          <command>.log: each `lnr-dist <command>`'s screen, Ray's own messages included
     <run_dir>/slurm/         logs/ (submitit), ray-<job id>/ (an allocation's Ray head address)
 
 `lnr-dist reproduce` writes one run folder per seed and per backbone below its root:
@@ -210,6 +211,11 @@ class RunLayout:
     def mine_file(self, name: str) -> Path:
         """mined.csv, summary.json, precision_recall.png or mined_classes.png."""
         return self.mine / name
+
+    def log(self, command: str) -> Path:
+        """`lnr-dist <command>`'s screen on this run folder, appended per run, with what the screen leaves out
+        (Ray's own messages; progress lines of a live bar)."""
+        return self.root / "logs" / f"{command}.log"
 
     # Ray and SLURM
     @property

@@ -21,6 +21,7 @@ import torch
 
 from ..core import config as config_lib
 from ..core import storage
+from ..core.progress import progress
 from ..data.loader import LoaderSpec, build_loader
 from ..data.manifest import Manifest
 from ..data.pool import load_pool
@@ -128,7 +129,10 @@ def extract_worker(loop_config: dict[str, Any]) -> None:
     for name, split in _splits_to_extract(cfg).items():
         start, stop = shard_bounds(len(split), ctx.rank, ctx.world_size)
         rows = np.zeros((stop - start, model.feature_dim), dtype=np.float32)
+        on_batch = progress(f"features {name}", len(split), ctx, cfg.logging.log_every_s)
         for b in build_loader(cfg.data, split, LoaderSpec.evaluate(batch), ctx):
             rows[b.indices.numpy() - start] = model.features(b.images.to(device)).float().cpu().numpy()
+            on_batch(b.indices.shape[0])
+        on_batch.close()
         shape = (len(split), model.feature_dim)
         write_shared_rows(cfg.layout.feature_file(name), shape, np.dtype(np.float32), start, rows, ctx)

@@ -32,6 +32,7 @@ from ..core import config as config_lib
 from ..core import storage
 from ..core.dist import all_gather_arrays, all_reduce_sum, barrier
 from ..core.errors import UserError
+from ..core.progress import progress
 from ..data.loader import LoaderSpec, build_loader
 from ..data.manifest import GROUPS, Manifest
 from ..data.sampling import shard_bounds
@@ -105,10 +106,11 @@ def predict_shard(
     device: torch.device,
     train_bn: bool,
     on_pass=None,
+    on_batch=None,
 ) -> tuple[np.ndarray, int, list[float]]:
     """(stop - start, C) float32 mean softmax over `passes` passes for dataset indices [start, stop), the
     number of forward passes run and the seconds of each pass. Raises when any index was not seen exactly
-    `passes` times."""
+    `passes` times. `on_pass(p)` is called before pass p, `on_batch(n)` after each batch with its n kept images."""
     num_classes = model.classifier.out_features
     sums = np.zeros((stop - start, num_classes), dtype=np.float32)
     seen = np.zeros(stop - start, dtype=np.int64)
@@ -143,6 +145,8 @@ def predict_shard(
             sums[local[keep]] += probs
             seen[local[keep]] += 1
             forwards += int(keep.sum())
+            if on_batch is not None:
+                on_batch(int(keep.sum()))
         pass_seconds.append(time.perf_counter() - began)
     wrong = np.flatnonzero(seen != passes)
     if wrong.size:
@@ -191,10 +195,17 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     start, stop = shard_bounds(num_samples, ctx.rank, ctx.world_size)
 
     began = time.perf_counter()
+    desc = (
+        f"infer ({icfg.passes} passes)"
+        if lnr_round == 1
+        else f"infer round {lnr_round} ({icfg.passes} passes)"
+    )
+    on_batch = progress(desc, icfg.passes * num_samples, ctx, cfg.logging.log_every_s)
     mean_probs, forwards, pass_seconds = predict_shard(
         model, loader, start, stop, icfg.passes, device, icfg.bn_mode == "train",
-        on_pass=lambda p: inject_fault(cfg.fault, ctx, p, out),
+        on_pass=lambda p: inject_fault(cfg.fault, ctx, p, out), on_batch=on_batch,
     )  # fmt: skip
+    on_batch.close()
     predict_seconds = time.perf_counter() - began
     # Flips are computed from exactly what save_predictions stores, so stored predictions reproduce them.
     predictions = mean_probs.astype(icfg.predictions_dtype, copy=False)

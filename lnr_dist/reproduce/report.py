@@ -119,6 +119,27 @@ def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
             "table": table}  # fmt: skip
 
 
+def format_summary(report: dict[str, Any]) -> str:
+    """What `lnr-dist reproduce` and `make demo` print at the end (about 5 + methods + figures lines): test top-1,
+    few and ECE of each method (mean over seeds), and where results.md and the figures are; results.md holds the
+    rest (every column, comparisons, published numbers, binary task)."""
+    lines = [
+        f"steps run: {len(report['ran'])}, skipped (done before): {len(report['skipped'])}",
+        f"{'method':<20} {'seeds':>5} {'top-1':>7} {'few':>7} {'ECE':>7}   (test, %; every column: results.md)",
+    ]
+    for method, entry in report["table"].items():
+        if "not_applicable" in entry:
+            lines.append(f"{method:<20} {0:>5}   n/a: {entry['not_applicable']}")
+            continue
+        cells = [_cell(entry[k], 2, 1).rjust(7) for k in ("top1", "few", "ece")]
+        lines.append(f"{method:<20} {entry['seeds']:>5} " + " ".join(cells))
+    lines.append(f"results: {report['results_md']} (and {Path(report['results_csv']).name}, "
+                 f"{Path(report['comparisons_csv']).name} beside it)")  # fmt: skip
+    lines.append(f"figures ({len(report['figures'])}):")
+    lines += [f"  {path}" for path in report["figures"]]
+    return "\n".join(lines)
+
+
 def _comparisons(
     cfg: ExperimentConfig, outcomes: list, per_seed: dict[str, list[dict[str, Any]]]
 ) -> list[dict]:

@@ -50,13 +50,24 @@ def slurm_executor(opts) -> Callable[[str, ExperimentConfig, str | None], dict[s
     return lambda job, cfg, out: wait_for(submit(job, cfg, opts, out=out))
 
 
-def run_seed(cfg: ExperimentConfig, execute) -> SeedOutcome:
-    run = SeedRun(cfg, execute)
-    steps = StepLog(run.layout.root)
-    methods = [STAGE2_METHODS[name] for name in cfg.reproduce.methods]
-    needed = {step for m in methods for step in steps_of(m, cfg)}
+def _shared_steps(cfg: ExperimentConfig) -> list:
+    """The shared steps of one seed, in the order they run (backbone by backbone, JOB_ORDER within one)."""
+    needed = {step for name in cfg.reproduce.methods for step in steps_of(STAGE2_METHODS[name], cfg)}
     order = {name: i for i, name in enumerate(BACKBONES)}
-    for step in sorted(needed, key=lambda s: (order[s.backbone], JOB_ORDER.index(s.job))):
+    return sorted(needed, key=lambda s: (order[s.backbone], JOB_ORDER.index(s.job)))
+
+
+def steps_per_seed(cfg: ExperimentConfig) -> int:
+    """Shared steps, one per method, and the binary task when enabled."""
+    return len(_shared_steps(cfg)) + len(cfg.reproduce.methods) + int(cfg.reproduce.binary.enabled)
+
+
+def run_seed(cfg: ExperimentConfig, execute, first: int = 1, total: int | None = None) -> SeedOutcome:
+    """One seed's steps, numbered from `first` of `total` in the log."""
+    run = SeedRun(cfg, execute)
+    steps = StepLog(run.layout.root, first, total)
+    methods = [STAGE2_METHODS[name] for name in cfg.reproduce.methods]
+    for step in _shared_steps(cfg):
         step_cfg = run.step_config(step)
         steps.run(step.name, _hash(step_cfg, set(step.sections)),
                   lambda job=step.job, c=step_cfg: _summary(execute(job, c, None)))  # fmt: skip
@@ -108,10 +119,12 @@ def reproduce(cfg: ExperimentConfig, execute=None) -> dict[str, Any]:
     execute = execute or local_executor()
     config_lib.save_resolved(cfg, root.root, "reproduce_config.yaml")
     outcomes = []
+    per_seed = steps_per_seed(cfg)
     for k in range(cfg.reproduce.seeds):
         seed = cfg.seed + k
-        log.info("reproduce: seed %d (%d of %d)", seed, k + 1, cfg.reproduce.seeds)
-        outcomes.append(run_seed(replace(cfg, seed=seed, run_dir=str(root.seed(seed).root)), execute))
+        log.info("reproduce: seed %d (%d of %d), %d steps", seed, k + 1, cfg.reproduce.seeds, per_seed)
+        seed_cfg = replace(cfg, seed=seed, run_dir=str(root.seed(seed).root))
+        outcomes.append(run_seed(seed_cfg, execute, 1 + k * per_seed, per_seed * cfg.reproduce.seeds))
     report = write_report(cfg, outcomes)
     ran = [f"seed{o.seed}/{name}" for o in outcomes for name in o.ran]
     skipped = [f"seed{o.seed}/{name}" for o in outcomes for name in o.skipped]

@@ -30,10 +30,18 @@ def config_hash(*parts: Any) -> str:
 
 
 class StepLog:
-    def __init__(self, folder: Path) -> None:
+    """The steps of one run folder. `first` and `total` number them in the log ("step k of n: name"): a
+    reproduce over several seeds counts on from one seed's steps to the next."""
+
+    def __init__(self, folder: Path, first: int = 1, total: int | None = None) -> None:
         self.folder = folder / "steps"
         self.ran: list[str] = []
         self.skipped: list[str] = []
+        self.first, self.total = first, total
+
+    def _label(self, name: str) -> str:
+        number = self.first + len(self.ran) + len(self.skipped)
+        return f"step {number} of {self.total}: {name}" if self.total else f"step {name}"
 
     def record(self, name: str) -> dict[str, Any] | None:
         path = self.folder / f"{name}.json"
@@ -42,15 +50,16 @@ class StepLog:
     def run(self, name: str, digest: str, func: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
         """func's result (or the recorded one when the step already finished with this config)."""
         record = self.record(name)
+        label = self._label(name)
         if record is not None and record["config_hash"] == digest:
-            log.info("step %s: done before (config %s), skipped", name, digest)
+            log.info("%s: done before (config %s), skipped", label, digest)
             self.skipped.append(name)
             return record["result"]
         if record is not None:
-            log.info("step %s: finished before with config %s, now %s: running again", name, record["config_hash"],
+            log.info("%s: finished before with config %s, now %s: running again", label, record["config_hash"],
                      digest)  # fmt: skip
         else:
-            log.info("step %s: running", name)
+            log.info("%s: running", label)
         began = time.perf_counter()
         try:
             result = func() or {}
@@ -66,5 +75,5 @@ class StepLog:
                            {"config_hash": digest, "seconds": seconds, "result": result,
                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})  # fmt: skip
         self.ran.append(name)
-        log.info("step %s: finished in %.1f s", name, seconds)
+        log.info("%s: finished in %.1f s", label, seconds)
         return result

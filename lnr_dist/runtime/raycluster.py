@@ -40,7 +40,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..core.dist import RankContext
 from ..core.errors import RunFailed, UserError
-from ..core.logs import setup_logging
+from ..core.logs import display, set_display, setup_logging
 from ..experiment import RayConfig
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ ERROR_LOG = "error.log"  # in the job's folder: every worker failure with its tr
 # (without limit by default): the wait is bounded by FailureConfig(controller_failure_limit).
 _START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 _START_ATTEMPT_S = 60.0
+# the loop config's key for the driver's Display (log level, progress bar or lines), adopted by every worker
+DISPLAY_KEY = "_display"
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -162,6 +164,10 @@ def run_workers(
     per_attempt = min(cfg.start_timeout_s, _START_ATTEMPT_S)
     os.environ[_START_TIMEOUT_ENV] = f"{per_attempt:g}"  # the driver's value reaches Ray Train's controller
     start_retries = math.ceil(cfg.start_timeout_s / per_attempt - 1e-9) - 1
+    loop_config = {
+        **loop_config,
+        DISPLAY_KEY: display().to_dict(),
+    }  # --log-level and the bar reach the workers
     for attempt in range(1, cfg.max_failures + 2):
         try:
             _trainer(worker, loop_config, cfg, name, storage, out, attempt, start_retries, callbacks).fit()
@@ -259,8 +265,11 @@ def _drop_training_function_errors(record: logging.LogRecord) -> bool:
 def _run_recording_errors(
     worker: Callable[[dict[str, Any]], None], out: str, attempt: int, loop_config: dict[str, Any]
 ) -> None:
-    """The function each Ray Train worker runs: `worker`, with any exception's traceback appended to
-    <out>/error.log before it reaches Ray (which hands the exception itself to the driver)."""
+    """The function each Ray Train worker runs: `worker`, with the driver's Display adopted first and any
+    exception's traceback appended to <out>/error.log before it reaches Ray (which hands the exception itself to
+    the driver)."""
+    if DISPLAY_KEY in loop_config:
+        set_display(loop_config[DISPLAY_KEY])
     # Ray Train logs each training-function exception with its traceback to the console; it is in error.log.
     logging.getLogger("ray.train.v2._internal.util").addFilter(_drop_training_function_errors)
     try:
@@ -276,7 +285,7 @@ def _run_recording_errors(
 
 
 def worker_setup(cfg: RayConfig) -> tuple[RankContext, torch.device]:
-    """Inside a Ray Train worker: rank context, logging, threads and the device."""
+    """Inside a Ray Train worker: rank context, logging (at the driver's level), threads and the device."""
     context = ray.train.get_context()
     ctx = RankContext(context.get_world_rank(), context.get_world_size(), context.get_local_rank())
     setup_logging(rank=ctx.rank)

@@ -123,8 +123,10 @@ def train_one_epoch(
     amp: bool = False,
     channels_last: bool = False,
     unlabeled: UnlabeledStream | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train for one epoch; returns loss/accuracy summed over all ranks, the last LR and the time.
+    """Train for one epoch; returns loss/accuracy summed over all ranks, the last LR and the time. `on_batch` is
+    told each trained batch's labelled image count (core/progress.py: the epoch's progress).
 
     Under mixup the loss is lam * loss_fn(y) + (1 - lam) * loss_fn(y_perm). A FeatureLoss also gets the
     penultimate features, asked of the model itself (model(images, return_features=True)) so that a DDP-wrapped
@@ -185,6 +187,8 @@ def train_one_epoch(
             predicted = logits.argmax(1)
             hits = lam * (predicted == targets[0]).sum() + (1 - lam) * (predicted == targets[1]).sum()
         sums[:3] += (loss.item() * n, hits.item(), n)
+        if on_batch is not None:
+            on_batch(n)
     loss_sum, correct, seen, unlabeled_sum, pool_steps, pool_seen, confident, kept = all_reduce_sum(sums)
     stats = {
         "train_loss": loss_sum / max(seen, 1),

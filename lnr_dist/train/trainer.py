@@ -33,6 +33,7 @@ from ..core import storage
 from ..core.dist import RankContext, all_gather_arrays, barrier
 from ..core.errors import UserError
 from ..core.plots import training_curves
+from ..core.progress import Throttle, progress
 from ..data.loader import LoaderSpec, build_loader
 from ..data.manifest import Manifest
 from ..data.pool import load_pool
@@ -279,6 +280,8 @@ def _train(loop_config: dict[str, Any], closing: ExitStack) -> None:
     scalars = closing.enter_context(
         EpochScalars(scalars_folder(cfg, out) if ctx.is_main else None, start_epoch)
     )
+    # each epoch's metrics line at INFO at most every logging.log_every_s (first and last always), else at DEBUG
+    summaries = Throttle(cfg.logging.log_every_s)
 
     for epoch in range(start_epoch, train_cfg.epochs):
         inject_fault(cfg.fault, ctx, epoch, out)
@@ -287,11 +290,14 @@ def _train(loop_config: dict[str, Any], closing: ExitStack) -> None:
             unlabeled.loader.set_epoch(epoch)
         rng = np.random.default_rng([cfg.seed, ctx.rank, epoch])
         set_loss_epoch(loss_fn, epoch, train_cfg.epochs)  # a resumed run's loss starts at its resumed epoch
+        on_batch = progress(f"{stage} epoch {epoch + 1}/{train_cfg.epochs}", train_loader.draws, ctx,
+                            cfg.logging.log_every_s)  # fmt: skip
         stats = train_one_epoch(
             model, train_loader, optimizer, scheduler, scaler, loss_fn, device, epoch,
             mixup_alpha=train_cfg.mixup_alpha, label_map=recipe.label_map, rng=rng, amp=amp,
-            channels_last=channels_last, unlabeled=unlabeled,
+            channels_last=channels_last, unlabeled=unlabeled, on_batch=on_batch,
         )  # fmt: skip
+        on_batch.close()
         for loader in (train_loader, *([unlabeled.loader] if unlabeled is not None else [])):
             if loader.skipped:
                 log.warning("epoch %d: skipped %d undecodable images of %s: %s", epoch, len(loader.skipped),
@@ -320,13 +326,14 @@ def _train(loop_config: dict[str, Any], closing: ExitStack) -> None:
             storage.write_csv(out / "metrics.csv", rows, CSV_FIELDS)
             training_curves(rows, out / "training_curves.png", f"{stage} ({cfg.run_dir})")
             scalars.write(epoch, row)
-        log.info(
-            "%s epoch %d/%d: loss %.4f, val top-1 %.2f, balanced %.2f, few %.2f, ECE %.2f (%.1f img/s)",
+        level = logging.INFO if summaries.due(force=epoch + 1 == train_cfg.epochs) else logging.DEBUG
+        log.log(
+            level, "%s epoch %d/%d: loss %.4f, val top-1 %.2f, balanced %.2f, few %.2f, ECE %.2f (%.1f img/s)",
             stage, epoch + 1, train_cfg.epochs, stats["train_loss"], val["top1"], val["balanced_acc"],
             val["few"], val["ece"], row["images_per_second"],
         )  # fmt: skip
         if unlabeled is not None:
-            log.info("%s epoch %d: pool loss %.4f, confident %.1f%%, kept %.1f%%", stage, epoch + 1,
+            log.log(level, "%s epoch %d: pool loss %.4f, confident %.1f%%, kept %.1f%%", stage, epoch + 1,
                      stats["unlabeled_loss"], 100 * stats["pool_confident"], 100 * stats["pool_kept"])  # fmt: skip
         ray.train.report(storage.finite({k: v for k, v in row.items() if isinstance(v, (int, float))}))
         barrier()

@@ -28,6 +28,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ..core import config as config_lib
 from ..core import storage
 from ..core.errors import RunFailed, UserError
+from ..core.logs import display, set_display, setup_logging
 from ..core.plots import save_figure
 from ..data.splits import load_train_split
 from ..experiment import ExperimentConfig, ThresholdPolicy
@@ -47,8 +48,16 @@ METRIC_FIELDS = SWEEP_FIELDS[5:]
 EDGE_SHARE = 0.05
 
 
+def _adopt_display(config: dict[str, Any]) -> None:
+    """A trial logs at the driver's level (--log-level); its Ray Train workers, if any, get it from run_workers."""
+    if "display" in config:
+        set_display(config["display"])
+    setup_logging()
+
+
 def head_trial(config: dict[str, Any]) -> None:
     """Tune function trainable on cached features: one threshold, reports validation metrics every epoch."""
+    _adopt_display(config)
     cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
     threshold = float(config["threshold"])
     inputs = head_inputs(cfg, extract=False)
@@ -72,6 +81,7 @@ def trainer_trial(config: dict[str, Any]) -> None:
     """Tune function trainable that runs stage 2 on Ray Train for one threshold (uncached backbone)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    _adopt_display(config)
     cfg = config_lib.from_dict(ExperimentConfig, config["experiment"], "<tune trial config>")
     threshold = float(config["threshold"])
     stage2 = replace(cfg.stage2, threshold=ThresholdPolicy.fixed(threshold), evaluate_test=False,
@@ -139,7 +149,9 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
     resources, concurrent = _trial_resources(cfg, cached)
     tuner = tune.Tuner(
         tune.with_resources(head_trial if cached else trainer_trial, resources),
-        param_space={"experiment": config_lib.to_dict(cfg), "threshold": space},
+        # progress from trials as plain lines: concurrent trials' bars would take turns on the one status line
+        param_space={"experiment": config_lib.to_dict(cfg), "threshold": space,
+                     "display": replace(display(), bar=False).to_dict()},
         tune_config=tune.TuneConfig(metric="objective" if cached else f"val_{cfg.tune.objective}", mode="max",
                                     num_samples=num_samples, scheduler=scheduler, max_concurrent_trials=concurrent,
                                     reuse_actors=cached),

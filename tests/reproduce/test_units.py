@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,8 @@ from lnr_dist.data.manifest import Manifest
 from lnr_dist.experiment import BinaryConfig
 from lnr_dist.reproduce.binary import load_task
 from lnr_dist.reproduce.figures import reliability
-from lnr_dist.reproduce.report import aggregate
-from lnr_dist.reproduce.steps import config_hash
+from lnr_dist.reproduce.report import aggregate, format_summary
+from lnr_dist.reproduce.steps import StepLog, config_hash
 from lnr_dist.stage2.oversample import NotApplicable, oversample
 from lnr_dist.train.calibration import metrics_at
 from tests.conftest import mini_experiment
@@ -88,3 +90,43 @@ def test_binary_task_subsamples_the_minority_to_the_ratio(mini_root, tmp_path):
     )
     with pytest.raises(ValueError, match="minority samples needed"):
         load_task(cfg, BinaryConfig(majority_class=0, minority_class=9), 0.5, seed=0)
+
+
+def test_steps_are_numbered_k_of_n_across_seeds(tmp_path, caplog):
+    """A reproduce of 2 seeds x 3 steps: the second seed's steps are 4 to 6 of 6; a step done before says so."""
+    caplog.set_level(logging.INFO, logger="lnr_dist")
+    first = StepLog(tmp_path / "seed0", first=1, total=6)
+    first.run("stage1", "h1", dict)
+    second = StepLog(tmp_path / "seed1", first=4, total=6)
+    second.run("stage1", "h1", dict)
+    second.run("infer", "h2", dict)
+    StepLog(tmp_path / "seed1", first=4, total=6).run("stage1", "h1", dict)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.rsplit(" in ", 1)[0] for line in lines[:6]] == [
+        "step 1 of 6: stage1: running", "step 1 of 6: stage1: finished",
+        "step 4 of 6: stage1: running", "step 4 of 6: stage1: finished",
+        "step 5 of 6: infer: running", "step 5 of 6: infer: finished",
+    ]  # fmt: skip
+    assert lines[6] == "step 4 of 6: stage1: done before (config h1), skipped"
+
+
+def test_the_reproduce_summary_is_short_and_points_to_the_report():
+    table = {
+        "ce": {"seeds": 2, "top1": (45.6, 1.0), "few": (18.67, 0.5), "ece": (16.79, 0.1)},
+        "lnr": {"seeds": 2, "top1": (64.0, 1.0), "few": None, "ece": (21.34, 0.2)},
+        "adasyn": {"seeds": 0, "not_applicable": "no neighbour of the majority class"},
+    }
+    report = {"ran": ["a"] * 13, "skipped": [], "table": table, "results_md": "/r/results.md",
+              "results_csv": "/r/results.csv", "comparisons_csv": "/r/comparisons.csv",
+              "figures": ["/r/figures/a.png", "/r/figures/b.png"]}  # fmt: skip
+    assert format_summary(report).splitlines() == [
+        "steps run: 13, skipped (done before): 0",
+        "method               seeds   top-1     few     ECE   (test, %; every column: results.md)",
+        "ce                       2   45.60   18.67   16.79",
+        "lnr                      2   64.00       –   21.34",
+        "adasyn                   0   n/a: no neighbour of the majority class",
+        "results: /r/results.md (and results.csv, comparisons.csv beside it)",
+        "figures (2):",
+        "  /r/figures/a.png",
+        "  /r/figures/b.png",
+    ]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
+import re
+import time
 
 import pytest
 import ray
@@ -10,6 +13,7 @@ import torch
 from PIL import Image
 
 from lnr_dist.cli import main
+from lnr_dist.core import logs
 from lnr_dist.core.dist import RankContext
 from lnr_dist.core.layout import RunLayout
 from lnr_dist.data.loader import LoaderSpec, build_loader
@@ -33,14 +37,24 @@ def read_rows(path):
 
 @pytest.fixture(scope="module")
 def trained(mini_root, tmp_path_factory, ray_session):
+    """12 epochs of stage 1 with the driver's screen installed as the CLI does outside a terminal (progress as
+    lines, every 0.05 s), its run log attached; returns the config, results.json and what the screen showed."""
     cfg = mini_experiment(
-        mini_root, tmp_path_factory.mktemp("run"), stage1={"epochs": 12}
+        mini_root, tmp_path_factory.mktemp("run"), stage1={"epochs": 12}, logging={"log_every_s": 0.05}
     ).with_absolute_paths()
-    return cfg, fit(cfg, "stage1")
+    screen = io.StringIO()
+    logs.install_screen("INFO", terminal=False, out=screen, err=screen)
+    logs.attach_run_log(cfg.layout.log("stage1"), "test")
+    try:
+        results = fit(cfg, "stage1")
+        time.sleep(2)  # Ray forwards the workers' last lines asynchronously
+    finally:
+        logs.uninstall_screen()
+    return cfg, results, screen.getvalue()
 
 
 def test_training_lowers_loss_beats_chance_and_writes_the_run_folder(trained):
-    cfg, results = trained
+    cfg, results, _ = trained
     out = cfg.layout.stage("stage1")
     rows = read_rows(out / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(12))
@@ -64,8 +78,22 @@ def test_training_lowers_loss_beats_chance_and_writes_the_run_folder(trained):
     } <= set(state)
 
 
+def test_progress_lines_of_rank_0_reach_the_screen_and_the_run_log_outside_a_terminal(trained):
+    cfg, _, screen = trained
+    progress = re.compile(r"^\(RayTrainWorker pid=(\d+)\) \S+ INFO lnr_dist.core.progress: stage1 epoch (\d+)/12: "
+                          r"([\d,]+)/329 images \(\d+%\), [\d,]+ images/s, ETA \d\d:\d\d$")  # fmt: skip
+    found = [m.groups() for m in map(progress.match, screen.splitlines()) if m]
+    assert len({epoch for _, epoch, _ in found}) >= 6  # most epochs take longer than 0.05 s on any machine
+    assert len({pid for pid, _, _ in found}) == 1  # rank 0 alone reports
+    assert all(0 < int(done.replace(",", "")) <= 329 for _, _, done in found)
+    assert logs.PROGRESS_MARK not in screen and "\x1b[" not in screen  # lines, not bar records; no colours
+    assert "PlacementGroupCleaner" not in screen  # Ray's noise stays off the screen...
+    run_log = cfg.layout.log("stage1").read_text()
+    assert all(line in run_log for line in screen.splitlines())  # ...and the run log holds all the screen had
+
+
 def test_tensorboard_has_every_epoch_of_metrics_csv_under_its_tag(trained):
-    cfg, _ = trained
+    cfg, _, _ = trained
     out = cfg.layout.stage("stage1")
     scalars = tensorboard_scalars(RunLayout.tensorboard(out))
     assert {"train/loss", "train/acc", "train/lr", "train/images_per_second", "val/top1", "val/balanced_acc",
@@ -80,7 +108,7 @@ def test_tensorboard_has_every_epoch_of_metrics_csv_under_its_tag(trained):
 
 
 def test_two_worker_metrics_equal_one_process_on_the_same_model(trained):
-    cfg, results = trained
+    cfg, results, _ = trained
     splits = load_splits(cfg)
     manifest = Manifest.from_labels(splits["train"].labels, 10)
     model = build_model(cfg.model, 10)
