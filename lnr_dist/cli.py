@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_jobs = (
         ("stage1", _cmd_stage1, "stage 1: train the backbone on Ray Train"),
         ("infer", _cmd_infer, "sharded two-pass inference and LNR flips on Ray Train"),
-        ("tune", _cmd_tune, "Ray Tune threshold sweep on validation"),
+        ("tune", _cmd_tune, "Ray Tune threshold sweep on validation (or tune.flip_budget's threshold)"),
         ("stage2", _cmd_stage2, "stage 2: classifier re-training on (LNR-flipped) labels"),
     )
     for name, func, text in config_jobs:

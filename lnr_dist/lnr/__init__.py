@@ -1,5 +1,6 @@
 """Pure LNR mathematics: class statistics, rates, counter-based draws, flip table. No I/O, no distributed."""
 
+from .budget import BudgetOutOfReach, BudgetThreshold, ExpectedFlips, threshold_for_budget
 from .flips import (
     Candidates,
     FlipResult,
@@ -18,9 +19,12 @@ from .table import FlipTable
 from .validate import InputError, check_inputs, check_threshold, class_list, empty_classes
 
 __all__ = [
+    "BudgetOutOfReach",
+    "BudgetThreshold",
     "Candidates",
     "ClassMoments",
     "ClassStats",
+    "ExpectedFlips",
     "FlipResult",
     "FlipTable",
     "InputError",
@@ -38,5 +42,6 @@ __all__ = [
     "flips_for_rows",
     "flips_from_candidates",
     "random_flips",
+    "threshold_for_budget",
     "uniforms",
 ]
