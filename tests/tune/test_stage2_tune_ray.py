@@ -180,8 +180,9 @@ def test_optuna_sweep_proposes_inside_the_range_and_repeats_with_the_seed(lnr_ru
 
     def proposals(**changes) -> list[tuple[str, str]]:
         # rounds of 2: the first is TPE's random start, the second is proposed from the first round's results
-        tune_cfg = replace(lnr_run.tune, search="optuna", search_min=0.5, search_max=3.0, num_samples=4,
-                           startup_trials=2, max_concurrent=2, epochs=2, **changes)  # fmt: skip
+        settings = dict(search="optuna", search_min=0.5, search_max=3.0, num_samples=4, startup_trials=2,
+                        max_concurrent=2, epochs=2)  # fmt: skip
+        tune_cfg = replace(lnr_run.tune, **{**settings, **changes})
         report = run_sweep(replace(lnr_run, tune=tune_cfg))
         assert report["search"] == "optuna" and 0.5 <= report["threshold"] <= 3.0
         with open(Path(lnr_run.run_dir) / "tune" / "sweep.csv", newline="") as handle:
@@ -193,3 +194,4 @@ def test_optuna_sweep_proposes_inside_the_range_and_repeats_with_the_seed(lnr_ru
     assert proposals() == first
     with_asha = proposals(early_stop="asha", reduction_factor=4, max_concurrent=1, num_samples=3)
     assert len(with_asha) == 3 and all(0.5 <= float(t) <= 3.0 for t, _ in with_asha)
+    assert {status for _, status in with_asha} <= {"completed", "stopped at epoch 1"}
