@@ -18,6 +18,99 @@ from .core.logs import setup_logging
 log = logging.getLogger("lnr_dist")
 
 
+# What each command reads and writes, and a command line that works on a fresh clone after `make demo` (checked
+# by tests/test_cli_help.py): shown by `lnr-dist <command> --help`.
+COMMAND_HELP: dict[str, tuple[str, str, str]] = {
+    "flips": (
+        "--probs (N, C) averaged softmax .npy, --labels (N,) .npy (or the keys of a FlipsConfig YAML)",
+        "<out>/flips.npz, summary.json, config.yaml",
+        "lnr-dist flips --config configs/flips_example.yaml threshold=2.5 seed=1",
+    ),
+    "data make-mini": (
+        "scikit-learn's bundled digits (no download)",
+        "<out>/Mini_LT_{train,val,test}.txt, images/, and with --unlabeled-ratio Mini_LT_pool.txt + pool counts",
+        "lnr-dist data make-mini --out runs/mini-data --unlabeled-ratio 2",
+    ),
+    "data make-cifar": (
+        "the CIFAR python batches under --cifar (cifar-10-batches-py/ or cifar-100-python/)",
+        "<out>/CIFAR{10,100}_LT_{train,val,test}.txt, {train,test}/<class>/<i>.png (a pool with --unlabeled-ratio)",
+        "lnr-dist data make-cifar --cifar ~/data --out runs/cifar10-lt --num-classes 10 --imb-factor 0.01",
+    ),
+    "data check": (
+        "the config's data section: split files and images",
+        "nothing; one line per problem (file:line: reason), exit code 1 when there is one",
+        "lnr-dist data check --config configs/mini.yaml --decode data.num_classes=10",
+    ),
+    "stage1": (
+        "the config's data splits (and run_dir/stage1/checkpoints/last.pt to resume)",
+        "run_dir/stage1/: checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz, config.yaml",
+        "lnr-dist stage1 --config configs/mini.yaml stage1.epochs=5 ray.num_workers=2",
+    ),
+    "infer": (
+        "run_dir/stage1/checkpoints/best.pt (or infer.checkpoint) and the training split",
+        "run_dir/infer/: flips.npz, summary.json, labels.npy, predictions.npy, candidates.npz",
+        "lnr-dist infer --config configs/mini.yaml infer.threshold=2.5 infer.passes=2",
+    ),
+    "tune": (
+        "run_dir/infer/ (the flips re-derived per trial) and the stage-1 checkpoint (or its cached features); with "
+        "tune.flip_budget only run_dir/infer/candidates.npz",
+        "run_dir/tune/: sweep.csv, sweep.md, sweep.png, chosen_threshold.json, chosen/ (the winner's test run); with "
+        "tune.flip_budget chosen_threshold.json and sweep.md",
+        "lnr-dist tune --config configs/mini.yaml tune.thresholds=[1.0,2.0,3.0]",
+    ),
+    "stage2": (
+        "the stage-1 checkpoint, run_dir/infer/ (flipping methods), run_dir/tune/chosen_threshold.json (tuned)",
+        "run_dir/stage2/: results.json, test_logits.npz, config.yaml (+ checkpoints/, metrics.csv on images)",
+        "lnr-dist stage2 --config configs/mini.yaml stage2.method=lnr stage2.threshold.policy=tuned",
+    ),
+    "mine": (
+        "the stage-1 checkpoint (or its cached features) and the pool of data.unlabeled_split",
+        "run_dir/mine/: mined.csv, summary.json, precision_recall.png, mined_classes.png",
+        "lnr-dist mine --config configs/mini.yaml --budget 50",
+    ),
+    "export": (
+        "the training split, run_dir/infer/ and run_dir/tune/chosen_threshold.json",
+        "--out (<path> <label> lines, the input's paths) and --out with suffix .csv",
+        "lnr-dist export --config configs/mini.yaml --out runs/mini/train_lnr.txt --threshold 2.5",
+    ),
+    "config": (
+        "the YAML and the overrides",
+        "nothing: the resolved config on stdout, usable as --config",
+        "lnr-dist config --config configs/mini.yaml stage2.method=mislas",
+    ),
+    "launch": (
+        "the config; SLURM's sbatch/squeue (--cluster slurm) or nothing (--cluster local)",
+        "the job's usual run_dir files, and submitit's logs in run_dir/slurm/logs/ (or --folder)",
+        "lnr-dist launch stage1 --config configs/mini.yaml --cluster local --wait stage1.epochs=2",
+    ),
+    "reproduce": (
+        "the config's data splits; what earlier runs of the same config left (finished steps are reused)",
+        "run_dir/seed<k>/ (one pipeline per seed, methods/<name>/), results.md, results.csv, comparisons.csv, "
+        "figures/",
+        "lnr-dist reproduce --config configs/mini.yaml --methods mislas,lnr --seeds 3 stage1.epochs=10",
+    ),
+    "demo": (
+        "the bundled mini set (built into --out when missing)",
+        "--out/run/ (as reproduce), --out/mini-data/",
+        "lnr-dist demo --out runs/demo reproduce.seeds=2",
+    ),
+}
+
+
+def _document(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """Give every subcommand its reads / writes / example text (COMMAND_HELP) under its --help."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for name, sub in action.choices.items():
+            path = f"{prefix}{name}"
+            if path in COMMAND_HELP:
+                reads, writes, example = COMMAND_HELP[path]
+                sub.formatter_class = argparse.RawDescriptionHelpFormatter
+                sub.epilog = f"reads:   {reads}\nwrites:  {writes}\nexample: {example}"
+            _document(sub, f"{path} ")
+
+
 def _yaml_scalar(text: str | None) -> object:
     """Numeric flags go through YAML like overrides do, so '--threshold abc' is a config error, not a crash."""
     return None if text is None else yaml.safe_load(text)
@@ -25,7 +118,10 @@ def _yaml_scalar(text: str | None) -> object:
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("--config", required=required, help="YAML config file")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. threshold=2.5")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="config overrides after the YAML, e.g. stage1.epochs=5 (see `lnr-dist config`)",
+    )  # fmt: skip
 
 
 def _add_pool_args(parser: argparse.ArgumentParser) -> None:
@@ -256,6 +352,20 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .stage2.export import export_flipped_split
+
+    threshold = _yaml_scalar(args.threshold)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
+        raise UserError(f"--threshold {args.threshold!r}: give a number (a z threshold, e.g. 2.5)")
+    done = export_flipped_split(
+        _load_experiment(args), args.out, threshold, args.method, args.seed, args.force
+    )
+    print(f"{done.source}: {done.num_flips} of the training labels changed")
+    print(f"written: {done.split} (<path> <label>) and {done.csv} (index, path, original_label, new_label)")
+    return 0
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     from .launch.submit import JobFailed, LaunchOptions, describe, launch, wait_for
 
@@ -281,8 +391,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 def _add_allocation_args(parser: argparse.ArgumentParser) -> None:
     """The SLURM allocation of each job (`launch`, `reproduce --cluster slurm`)."""
     parser.add_argument("--nodes", type=int, default=1, help="nodes of one Ray cluster (one task per node)")
-    parser.add_argument("--gpus-per-node", type=int, default=0)
-    parser.add_argument("--partition")
+    parser.add_argument("--gpus-per-node", type=int, default=0, help="GPUs to request per node (default 0)")
+    parser.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
     parser.add_argument(
         "--time", type=int, default=240, help="time limit per job in minutes (requeued when reached)"
     )
@@ -290,7 +400,7 @@ def _add_allocation_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lnr-dist", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR")
     commands = parser.add_subparsers(dest="command", required=True)
 
     flips = commands.add_parser("flips", help="LNR flips from saved predictions")
@@ -313,17 +423,23 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True
     )
     mini = data.add_parser("make-mini", help="the real bundled long-tailed mini set (scikit-learn digits)")
-    mini.add_argument("--out", required=True)
-    mini.add_argument("--imb-factor", type=float, default=0.01)
-    mini.add_argument("--seed", type=int, default=0)
+    mini.add_argument("--out", required=True, help="folder to write the splits and images into")
+    mini.add_argument(
+        "--imb-factor", type=float, default=0.01, help="rarest / largest class count (default 0.01: 100x)"
+    )
+    mini.add_argument("--seed", type=int, default=0, help="seed of the draw of images into the splits")
     _add_pool_args(mini)
     mini.set_defaults(func=_cmd_data_make_mini)
     cifar = data.add_parser("make-cifar", help="CIFAR-10/100-LT from the CIFAR python batches on disk")
     cifar.add_argument("--cifar", required=True, help="folder with cifar-10-batches-py/ or cifar-100-python/")
-    cifar.add_argument("--out", required=True)
-    cifar.add_argument("--num-classes", type=int, choices=(10, 100), default=10)
-    cifar.add_argument("--imb-factor", type=float, default=0.01)
-    cifar.add_argument("--val-per-class", type=int, default=20)
+    cifar.add_argument("--out", required=True, help="folder to write the splits and images into")
+    cifar.add_argument("--num-classes", type=int, choices=(10, 100), default=10, help="CIFAR-10 or CIFAR-100")
+    cifar.add_argument(
+        "--imb-factor", type=float, default=0.01, help="rarest / largest class count (default 0.01: 100x)"
+    )
+    cifar.add_argument(
+        "--val-per-class", type=int, default=20, help="validation images per class, from the training batches"
+    )
     cifar.add_argument("--seed", type=int, default=0, help="seed of the pool's draw (the LT split has none)")
     _add_pool_args(cifar)
     cifar.set_defaults(func=_cmd_data_make_cifar)
@@ -354,6 +470,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(mine, required=True)
     mine.set_defaults(func=_cmd_mine)
 
+    export = commands.add_parser(
+        "export",
+        help="write the flipped training split (<path> <label>) and a CSV of the changes",
+        description="Reads the run folder's infer/ (and tune/chosen_threshold.json); writes --out, a split file "
+        "with the input split's paths and the flipped labels, and --out with suffix .csv (index, path, "
+        "original_label, new_label). Default labels: LNR at the sweep's threshold, else infer.threshold. "
+        "Example: lnr-dist export --config configs/mini.yaml --out runs/mini/flipped_train.txt run_dir=runs/mini/seed0",
+    )
+    choice = export.add_mutually_exclusive_group()
+    choice.add_argument("--threshold", help="LNR's flips at this z threshold (e.g. 2.5)")
+    choice.add_argument(
+        "--method", help="the labels this stage-2 method trains on (e.g. lnr, random, mislas)"
+    )
+    export.add_argument("--out", required=True, help="the split file to write (its CSV goes beside it)")
+    export.add_argument("--seed", type=int, help="in a `reproduce` folder: read run_dir/seed<SEED>/")
+    export.add_argument("--force", action="store_true", help="overwrite --out and its CSV if they exist")
+    _add_config_args(export, required=True)
+    export.set_defaults(func=_cmd_export)
+
     show = commands.add_parser(
         "config", help="print the resolved config (defaults filled in) as YAML, usable as --config"
     )
@@ -361,13 +496,19 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_config)
 
     launch = commands.add_parser("launch", help="submit a job or the whole pipeline through submitit")
-    launch.add_argument("job", choices=("stage1", "infer", "tune", "stage2", "pipeline"))
-    launch.add_argument("--cluster", choices=("local", "slurm"), default="slurm")
+    launch.add_argument(
+        "job", choices=("stage1", "infer", "tune", "stage2", "pipeline"),
+        help="one job, or pipeline: stage1 -> infer -> tune -> stage2 as dependent jobs",
+    )  # fmt: skip
+    launch.add_argument(
+        "--cluster", choices=("local", "slurm"), default="slurm",
+        help="slurm: sbatch through submitit; local: a process here, through submitit's local executor",
+    )  # fmt: skip
     _add_allocation_args(launch)
     launch.add_argument(
         "--cpus-per-task", type=int, help="default: what the config's Ray workers need per node"
     )
-    launch.add_argument("--mem-gb", type=float)
+    launch.add_argument("--mem-gb", type=float, help="memory per node in GB (default: SLURM's default)")
     launch.add_argument("--folder", help="submitit's log folder (default <run_dir>/slurm/logs)")
     launch.add_argument(
         "--wait", action="store_true", help="block until done; a failure shows the log's tail"
@@ -378,8 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser("reproduce", help="every method over seeds: tables and figures")
     reproduce.add_argument(
         "--methods",
-        help="comma-separated names of the stage-2 method registry (default: all registered; "
-        "built in: ce,mixup,mislas,lnr,random,smote,adasyn,bias_compensation,range_loss,mining,mining_random)",
+        help="comma-separated names of the stage-2 method registry, e.g. mislas,lnr,random (default: every "
+        "registered method; a wrong name is refused with the list of names)",
     )
     reproduce.add_argument("--seeds", type=int, help="number of seeds (experiment seed, +1, ...)")
     reproduce.add_argument("--cluster", choices=("local", "slurm"), default="local",
@@ -389,9 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.set_defaults(func=_cmd_reproduce)
 
     demo = commands.add_parser("demo", help="what `make demo` runs: reproduce on the bundled mini set")
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument(
+        "--out", default="runs/demo", help="folder for the mini set and the run (default runs/demo)"
+    )
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. reproduce.seeds=3")
     demo.set_defaults(func=_cmd_demo)
+    _document(parser)
     return parser
 
 

@@ -12,6 +12,7 @@ from .core.errors import UserError
 from .core.layout import RunLayout
 from .data.config import DataConfig
 from .data.sampling import Sampler
+from .lnr.rng import MAX_ROUND, ROUND_SEED_BITS
 from .models.network import ModelConfig
 
 
@@ -215,6 +216,13 @@ class Stage2Config(TrainConfig):
     `bias_compensation`): the inherited `loss` and `range_loss` keys are stage-1 settings, refused here when set.
     `fixmatch`: the settings of the methods that also train on the unlabelled pool (FixMatchConfig); the others
     ignore them.
+
+    `rounds` (iterated LNR, issue 17; default 1 = plain LNR): K rounds for a method whose label policy iterates
+    (lnr_dist.stage2.flip_sources: LNR's flips; the other methods ignore it). Round 1 is the method's run as
+    with rounds 1; round r >= 2 predicts the training set with round r-1's stage-2 model, recomputes LNR's
+    statistics and prior on round r-1's labels, flips again at round 1's threshold (re-tuned per round with
+    tune.per_round) with round r's own uniforms, and trains stage 2 on the labels so reached (lnr_dist/rounds.py;
+    every round under <folder>/rounds/round<r>/, the last one's results in <folder>).
     """
 
     RENAMED_KEYS: ClassVar[dict[str, str]] = {
@@ -237,9 +245,12 @@ class Stage2Config(TrainConfig):
     threshold: ThresholdPolicy = field(default_factory=ThresholdPolicy)
     checkpoint: str | None = None
     fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 1 <= self.rounds <= MAX_ROUND:
+            raise ValueError(f"rounds must be in [1, {MAX_ROUND}] (1 = LNR once), got {self.rounds}")
         if not (0 <= self.smooth_tail <= 1 and 0 <= self.smooth_head <= 1) or self.lr_factor <= 0:
             raise ValueError("smoothing must lie in [0, 1] and lr_factor must be > 0")
         if self.loss != TrainConfig.loss or self.range_loss.enabled:  # not stage 1's default cross-entropy
@@ -275,7 +286,11 @@ class TuneConfig:
 
     Or no sweep: with `flip_budget` F in (0, 1), the threshold whose expected number of flips is F x the training
     set, by bisection on the inference job's sparse candidates (lnr_dist/lnr/budget.py; no training, no Ray Tune;
-    needs infer.candidates_t_min)."""
+    needs infer.candidates_t_min).
+
+    `per_round` (iterated LNR, stage2.rounds > 1): each round r >= 2 picks its own threshold among
+    `tune.thresholds` on the validation `objective`, training a head on cached features per value (features
+    backend only: on images a round keeps round 1's threshold); off, every round flips at round 1's threshold."""
 
     RENAMED_KEYS: ClassVar[dict[str, str]] = {
         "cached_features": "stage2.backend (auto | images | features)",
@@ -300,6 +315,7 @@ class TuneConfig:
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0
     flip_budget: float | None = None
+    per_round: bool = False
 
     def __post_init__(self) -> None:
         if self.search == "grid" and not self.thresholds:
@@ -492,6 +508,8 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     run_dir: str = "runs/experiment"
     seed: int = 0
+    # per-epoch TensorBoard scalars in each training job's folder (train/scalars.py); off: no event files
+    tensorboard: bool = True
     stage1: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
@@ -504,6 +522,15 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
+        if (
+            self.stage2.rounds > 1
+            and self.infer.seed is not None
+            and not 0 <= self.infer.seed < 2**ROUND_SEED_BITS
+        ):
+            raise ValueError(
+                f"infer.seed must be in [0, 2**{ROUND_SEED_BITS}) with stage2.rounds > 1 (each round's draws get a key "
+                f"of their own: lnr_dist/lnr/rng.py stream_key), got {self.infer.seed}"
+            )
         # sweep trials run stage 2 for tune.epochs: a step schedule must still fit in that shorter run
         s2 = self.stage2
         if self.tune.epochs is not None and s2.milestones and s2.milestones[-1] > self.tune.epochs:

@@ -41,7 +41,8 @@ def _stage1(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
 
 
 def _stage2(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
-    """Stage 2 of the registered cfg.stage2.method on its backend: images (Ray Train) or cached features."""
+    """Stage 2 of the registered cfg.stage2.method on its backend: images (Ray Train) or cached features; with
+    stage2.rounds > 1 for a method whose labels iterate, iterated LNR's rounds (lnr_dist/rounds.py)."""
     from .core.errors import UserError
     from .stage2.registry import method_of
 
@@ -49,6 +50,12 @@ def _stage2(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
     if not method.retrain:
         raise UserError(f"stage2.method {method.name!r} has no stage 2 (its result is its stage-1 model): "
                         "run `lnr-dist stage1`, or pick a stage-2 method")  # fmt: skip
+    if method.rounds_of(cfg.stage2) > 1:  # iterated LNR: every round in the stage-2 folder, on either backend
+        from .rounds import run_rounds
+
+        return run_rounds(
+            cfg, Path(out) if out is not None else cfg.with_absolute_paths().layout.stage("stage2")
+        )
     if method.backend(cfg.stage2) == "features":
         from .features.backend import run_on_features
 
@@ -91,7 +98,7 @@ JOBS: dict[str, Job] = {
             "stage1",
             _stage1,
             "the data split files (data.root)",
-            "stage1/ (checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz)",
+            "stage1/ (checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz, tensorboard/)",
         ),
         Job(
             "infer",
@@ -104,16 +111,16 @@ JOBS: dict[str, Job] = {
             _tune,
             "infer/ (predictions.npy or candidates.npz), the stage-1 checkpoint (stage2.checkpoint), features/; "
             "with tune.flip_budget infer/candidates.npz only",
-            "tune/ (sweep.csv, sweep.md, sweep.png, chosen_threshold.json; trial_t*/, chosen/ on images; with "
-            "tune.flip_budget chosen_threshold.json and sweep.md only)",
+            "tune/ (sweep.csv, sweep.md, sweep.png, chosen_threshold.json; trial_t*/, chosen/: a stage-2 run each "
+            "on images, only tensorboard/ on features; with tune.flip_budget chosen_threshold.json and sweep.md only)",
         ),
         Job(
             "stage2",
             _stage2,
             "the stage-1 checkpoint (stage2.checkpoint); infer/ for flips, tune/chosen_threshold.json for policy "
             "tuned; features/ on the features backend",
-            "stage2/ or `out` (results.json, test_logits.npz, config.yaml; on images also checkpoints/{last,best}.pt "
-            "and metrics.csv)",
+            "stage2/ or `out` (results.json, test_logits.npz, config.yaml, tensorboard/; on images also "
+            "checkpoints/{last,best}.pt and metrics.csv)",
         ),
         Job(
             "features",

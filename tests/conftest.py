@@ -16,6 +16,16 @@ def long_tailed_set() -> tuple[np.ndarray, np.ndarray]:
     return probs[order], labels[order]
 
 
+def tensorboard_scalars(path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} as TensorBoard shows the event files under `path` (a folder, or one event
+    file): read with TensorBoard's own reader, which drops the steps a restarted writer purged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reader = EventAccumulator(str(path), size_guidance={"scalars": 0})  # 0: keep every point
+    reader.Reload()
+    return {tag: [(e.step, e.value) for e in reader.Scalars(tag)] for tag in reader.Tags()["scalars"]}
+
+
 @pytest.fixture(scope="session")
 def mini_root(tmp_path_factory):
     """The real bundled mini set (scikit-learn digits, 10 classes, IF 0.01), built once per test session, with the

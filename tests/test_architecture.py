@@ -28,6 +28,7 @@ FLOORS = {
     "infer": 6,
     "features": 7,  # the cached-features backend: features once per checkpoint, heads on them
     "tune": 8,
+    "rounds": 8,  # iterated LNR: inference (or a head) + flips + stage 2 per round, on either backend
     "jobs": 9,  # the job registry
     "launch": 10,  # submitit + SLURM
     "reproduce": 11,

@@ -3,9 +3,11 @@ instead of joining strings (a renamed file or folder is one edit here).
 
 A run folder (`run_dir`) holds one backbone's pipeline:
 
-    <run_dir>/stage1/        checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz, config.yaml
+    <run_dir>/stage1/        checkpoints/{last,best}.pt, metrics.csv, results.json, test_logits.npz, config.yaml,
+                             tensorboard/ (per-epoch scalars; so has every training job's folder, below)
     <run_dir>/infer/         flips.npz, summary.json, predictions.npy, labels.npy, candidates.npz
     <run_dir>/tune/          sweep.csv, sweep.md, sweep.png, chosen_threshold.json, trial_t<t>/, chosen/
+                             (trial_t<t>/tensorboard/: each trial's curves, one TensorBoard run per threshold)
     <run_dir>/features/      {train,val,test}.npy (+ pool.npy when data.unlabeled_split is set), meta.json
     <run_dir>/mine/          mined.csv, summary.json, precision_recall.png, mined_classes.png (`lnr-dist mine`)
     <run_dir>/stage2/        like stage1/ (the stage-2 job's default output)
@@ -17,6 +19,17 @@ A run folder (`run_dir`) holds one backbone's pipeline:
     <root>/seed<k>/          the default backbone's run folder (above), plus methods/<name>/, binary/ and steps/
     <root>/seed<k>/<name>/   another backbone's run folder (e.g. ce/: stage 1 without mixup)
     <root>/results.md, results.csv, results_per_seed.csv, comparisons.csv, figures/, reproduce_config.yaml
+
+Iterated LNR (stage2.rounds > 1) keeps every round inside the method's stage-2 folder (stage2/ or
+methods/<name>/), whose own results.json and test_logits.npz are the last round's:
+
+    <folder>/rounds/round<r>/   flips.npz (round r's flips: round r-1's labels -> round r's), cumulative_flips.npz
+                                (the dataset's labels -> round r's: what its stage 2 trains on), labels.npy (the
+                                labels round r flips, round r-1's), summary.json (counts, flips, metrics; written
+                                last: the round is done), infer/ (round >= 2 on images: the sharded re-prediction),
+                                predictions.npy (round >= 2 on features), sweep.csv (tune.per_round), setup.json,
+                                stage2/ (the round's stage-2 run)
+    <folder>/rounds.csv, rounds.png   flips and accuracy per round
 """
 
 from __future__ import annotations
@@ -25,6 +38,64 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class RoundLayout:
+    """The paths of one round of iterated LNR: `root` = <folder>/rounds/round<r> (RunLayout.round)."""
+
+    root: Path
+    round: int
+
+    @property
+    def flips(self) -> Path:
+        """Round r's own flips (from round r-1's labels)."""
+        return self.root / "flips.npz"
+
+    @property
+    def cumulative_flips(self) -> Path:
+        """From the dataset's labels to round r's: the table round r's stage 2 trains on."""
+        return self.root / "cumulative_flips.npz"
+
+    @property
+    def labels(self) -> Path:
+        """(N,) int64: the labels round r flips (round r-1's; the dataset's for round 1)."""
+        return self.root / "labels.npy"
+
+    @property
+    def summary(self) -> Path:
+        """Written last: a round with this file is finished."""
+        return self.root / "summary.json"
+
+    @property
+    def infer(self) -> Path:
+        """Round >= 2 on images: the sharded re-prediction with round r-1's stage-2 model (infer/'s files)."""
+        return self.root / "infer"
+
+    @property
+    def predictions(self) -> Path:
+        """Round >= 2 on cached features: (N, C) float32 softmax of round r-1's head on the training features."""
+        return self.root / "predictions.npy"
+
+    @property
+    def sweep_csv(self) -> Path:
+        """tune.per_round: the round's thresholds and their validation metrics."""
+        return self.root / "sweep.csv"
+
+    @property
+    def stage2(self) -> Path:
+        """The round's stage-2 run (results.json, test_logits.npz; checkpoints/ on images, head.pt on features)."""
+        return self.root / "stage2"
+
+    @property
+    def stage2_checkpoint(self) -> Path:
+        """The round's stage-2 model on images: what round r+1's inference predicts with."""
+        return self.stage2 / "checkpoints" / "best.pt"
+
+    @property
+    def setup(self) -> Path:
+        """Written first: the setup (config key, previous flips) the round runs on; another setup redoes it."""
+        return self.root / "setup.json"
 
 
 @dataclass(frozen=True)
@@ -46,9 +117,35 @@ class RunLayout:
         return Path(folder) / "results.json"
 
     @staticmethod
+    def head(folder: Path) -> Path:
+        """head.pt of a stage-2 run on cached features (the chosen epoch's classifier head, features/heads.py)."""
+        return Path(folder) / "head.pt"
+
+    @staticmethod
+    def tensorboard(folder: Path) -> Path:
+        """TensorBoard event files of a training job in its folder (train/scalars.py: per-epoch scalars, one
+        TensorBoard run per folder)."""
+        return Path(folder) / "tensorboard"
+
+    @staticmethod
     def summary(folder: Path) -> Path:
         """summary.json of the inference or flips job in its folder."""
         return Path(folder) / "summary.json"
+
+    # iterated LNR (stage2.rounds > 1), inside a stage-2 folder (stage2/, methods/<name>/ or a job's `out`)
+    @staticmethod
+    def round(folder: Path, round: int) -> RoundLayout:
+        return RoundLayout(Path(folder) / "rounds" / f"round{round}", round)
+
+    @staticmethod
+    def rounds_csv(folder: Path) -> Path:
+        """One line per round: flips, threshold, validation and test metrics."""
+        return Path(folder) / "rounds.csv"
+
+    @staticmethod
+    def rounds_figure(folder: Path) -> Path:
+        """Flips and few-shot accuracy per round."""
+        return Path(folder) / "rounds.png"
 
     def checkpoint(self, stage: str, which: str = "best") -> Path:
         return self.stage(stage) / "checkpoints" / f"{which}.pt"
@@ -82,7 +179,8 @@ class RunLayout:
         return self.tune / "sweep.csv"
 
     def tune_trial(self, threshold: float) -> Path:
-        """A sweep trial's stage-2 folder (trials on images)."""
+        """A sweep trial's stage-2 folder (trials on images); on cached features it holds only the trial's
+        tensorboard/."""
         return self.tune / f"trial_t{threshold:g}"
 
     @property

@@ -14,18 +14,25 @@ import torch
 from ..core import config as config_lib
 from ..core import storage
 from ..core.errors import UserError
+from ..core.layout import RunLayout
 from ..experiment import ExperimentConfig
+from ..lnr import FlipTable
 from ..stage2.flip_sources import flip_report
 from ..stage2.oversample import NotApplicable
 from ..stage2.registry import method_of, stage2_flips
+from ..train.scalars import scalars_folder
 from ..train.trainer import write_test_logits
 from .cache import head_inputs
 from .heads import evaluate_logits, train_head
 
 
-def run_on_features(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
+def run_on_features(
+    cfg: ExperimentConfig, folder: Path, flips: tuple[FlipTable, float | None] | None = None
+) -> dict[str, Any]:
     """Train cfg.stage2.method's head on cached features (extracted first when missing), pick the epoch on
-    validation, evaluate on test once, and write `folder`/results.json, test_logits.npz and config.yaml. A
+    validation, evaluate on test once, and write `folder`/results.json, test_logits.npz, head.pt (the chosen
+    epoch's head: iterated LNR predicts the next round with it) and config.yaml. `flips` (a table and its
+    threshold) replaces the method's label policy (iterated LNR's rounds, lnr_dist/rounds.py). A
     method's `extra_train` samples (e.g. annotated pool images) join the training set first (recorded under
     results.json's `extra_train`), then its `resample` step runs; one that cannot run on the data writes
     {"not_applicable": why} (a table's n/a). The manifest (loss priors, many/medium/few groups) stays the
@@ -40,7 +47,7 @@ def run_on_features(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
     config_lib.save_resolved(cfg, folder)
     inputs = head_inputs(cfg)
     features, labels, manifest = inputs.features, inputs.labels, inputs.manifest
-    train_x, train_y, flips, extra = features["train"], labels["train"], None, {}
+    train_x, train_y, table, extra = features["train"], labels["train"], None, {}
     if method.extra_train is not None:
         added_x, added_y, extra["extra_train"] = method.extra_train(cfg, features, labels)
         # appended rows take dataset indices N.. (beyond the labelled split's), which no flip table names
@@ -55,11 +62,11 @@ def run_on_features(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
             return results
         extra["train_samples"] = {"before": int(labels["train"].size), "after": int(train_y.size)}
     else:  # flips name labelled training rows only
-        flips, threshold = stage2_flips(cfg, labels["train"])
-        extra["flips"] = flip_report(method.name, flips, threshold)
+        table, threshold = stage2_flips(cfg, labels["train"]) if flips is None else flips
+        extra["flips"] = flip_report(method.name, table, threshold)
     result = train_head(cfg.stage2, method, cfg.stage2.epochs, manifest, {**features, "train": train_x},
-                        {**labels, "train": train_y}, inputs.classifier, flips, cfg.seed,
-                        cfg.tune.objective)  # fmt: skip
+                        {**labels, "train": train_y}, inputs.classifier, table, cfg.seed, cfg.tune.objective,
+                        tensorboard=scalars_folder(cfg, folder))  # fmt: skip
     with torch.no_grad():
         val_logits, test_logits = (result.head(torch.from_numpy(features[s])) for s in ("val", "test"))
     evaluation = evaluate_logits(val_logits, test_logits, labels, manifest)
@@ -68,5 +75,6 @@ def run_on_features(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
     # feature rows are dataset indices of the split (features/cache.py)
     write_test_logits(folder, test_logits.numpy(), labels["test"], np.arange(labels["test"].size),
                       evaluation["temperature"])  # fmt: skip
+    result.head.save(RunLayout.head(folder))
     storage.write_json(folder / "results.json", results)
     return results

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..core import storage
 from ..data.manifest import Manifest
 from ..data.sampling import sampler_order
 from ..experiment import Stage2Config
@@ -25,6 +28,7 @@ from ..stage2.registry import Stage2Method
 from ..train.calibration import fit_temperature, metrics_at
 from ..train.engine import build_lr_scheduler, build_optimizer
 from ..train.recipes import head_param_groups
+from ..train.scalars import EpochScalars
 
 
 class Head(nn.Module):
@@ -40,6 +44,30 @@ class Head(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.scaling(self.classifier(features))
+
+    def save(self, path: Path) -> None:
+        """head.pt (atomic): the weights and whether LWS is on, all load_head needs."""
+        state = {"head": self.state_dict(), "lws": not isinstance(self.scaling, nn.Identity)}
+        storage.write_with(path, lambda handle: torch.save(state, handle))
+
+
+def load_head(path: Path) -> Head:
+    """The head a run on cached features saved (Head.save)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state["head"]
+    head = Head(weights["classifier.weight"], weights["classifier.bias"], bool(state["lws"]))
+    head.load_state_dict(weights)
+    return head.eval()
+
+
+def predict_probs(head: Head, features: np.ndarray, batch_rows: int = 65536) -> np.ndarray:
+    """(N, D) float32 features -> (N, C) float32 softmax of `head`, in blocks of rows (bounded memory)."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, features.shape[0], batch_rows):
+            logits = head(torch.from_numpy(np.ascontiguousarray(features[start : start + batch_rows])))
+            parts.append(torch.softmax(logits.float(), dim=1).numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, head.classifier.out_features), np.float32)
 
 
 @dataclass
@@ -62,10 +90,32 @@ def train_head(
     seed: int,
     objective: str,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    tensorboard: Path | None = None,
 ) -> HeadResult:
     """Train `method`'s head (its loss, sampler and LWS choice, the stage-2 recipe's optimizer and schedule) on
     features["train"] ((N, D) float32) with labels["train"] ((N,) int64) replaced through `flips`; keep the
-    epoch with the best validation `objective` (a metric name of metrics_at)."""
+    epoch with the best validation `objective` (a metric name of metrics_at). With `tensorboard` (a folder),
+    each epoch's mean training loss, last LR, feature rows per second and validation metrics go there as
+    TensorBoard scalars (train/scalars.py; a head always trains from epoch 0, so earlier curves are replaced)."""
+    with EpochScalars(tensorboard) as scalars:
+        return _train_head(s2, method, epochs, manifest, features, labels, classifier, flips, seed, objective,
+                           on_epoch, scalars)  # fmt: skip
+
+
+def _train_head(
+    s2: Stage2Config,
+    method: Stage2Method,
+    epochs: int,
+    manifest: Manifest,
+    features: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    classifier: dict[str, torch.Tensor],
+    flips: FlipTable | None,
+    seed: int,
+    objective: str,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None,
+    scalars: EpochScalars,
+) -> HeadResult:
     torch.manual_seed(seed)
     train_labels = labels["train"]
     targets = flips.apply(np.arange(train_labels.size), train_labels) if flips is not None else train_labels
@@ -85,6 +135,7 @@ def train_head(
         set_loss_epoch(loss_fn, epoch, epochs)
         order = sampler_order(train_labels, sampler, seed, epoch)
         head.train()
+        loss_sum, started = 0.0, time.perf_counter()
         for start in range(0, len(order), s2.batch_size):
             rows = torch.from_numpy(order[start : start + s2.batch_size])
             loss = loss_fn(head(x[rows]), y[rows])
@@ -92,11 +143,16 @@ def train_head(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            loss_sum += loss.item() * len(rows)
+        seconds = time.perf_counter() - started
         head.eval()
         with torch.no_grad():
             metrics = metrics_at(head(x_val), y_val, manifest)
         metrics = {k: v for k, v in metrics.items() if k != "per_class_acc"}
         result.history.append({"epoch": epoch, **metrics})
+        scalars.write(epoch, {"train_loss": loss_sum / max(len(order), 1), "lr": optimizer.param_groups[0]["lr"],
+                              "images_per_second": len(order) / max(seconds, 1e-9),
+                              **{f"val_{k}": v for k, v in metrics.items()}})  # fmt: skip
         if metrics[objective] > result.best[objective]:
             result.best_epoch, result.best = epoch, metrics
             best_state = copy.deepcopy(head.state_dict())

@@ -8,6 +8,10 @@ own rows; rank 0 gathers the flip tables and writes flips.npz + summary.json ato
 Because the statistics are exact integer sums and the draws are keyed by (seed, index, class), the flips do not
 depend on W. With `save_predictions`, each worker writes its rows into one predictions.npy (row i = dataset
 index i) that rank 0 renames into place once complete.
+
+Iterated LNR (lnr_dist/rounds.py) runs the same job for round r >= 2 with round r-1's stage-2 checkpoint
+(infer.checkpoint), the labels round r-1 left (`labels`: statistics, prior and flips are those labels'), round
+r's draws (`round`) and an output folder of the round's (`out`).
 """
 
 from __future__ import annotations
@@ -64,16 +68,31 @@ def checkpoint_path(cfg: ExperimentConfig) -> Path:
     return cfg.layout.backbone_checkpoint(cfg.infer.checkpoint)
 
 
-def run_inference(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Driver: check inputs, run the workers, return summary.json."""
+def run_inference(
+    cfg: ExperimentConfig, out: Path | None = None, labels: Path | None = None, round: int = 1
+) -> dict[str, Any]:
+    """Driver: check inputs, run the workers, return summary.json.
+
+    `out` replaces infer/; `labels` is an (N,) int64 .npy replacing the training split's labels (row i = dataset
+    index i) and `round` the LNR round of the draws: iterated LNR's re-prediction (module docstring). Raises
+    UserError naming the labels file when its shape or values do not fit the split.
+    """
     cfg = cfg.with_absolute_paths()
     cfg.check_global_batch("infer.batch_size")
-    load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
+    split = load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
+    if labels is not None:
+        given = np.load(labels)
+        if given.shape != (len(split),) or given.min() < 0 or given.max() >= cfg.data.num_classes:
+            raise UserError(f"{labels}: {given.shape} labels, need ({len(split)},) in [0, {cfg.data.num_classes}) "
+                            f"(one per line of {split.file})")  # fmt: skip
     load_model(cfg.model, cfg.data.num_classes, checkpoint_path(cfg))
-    out = cfg.layout.infer
+    out = Path(out) if out is not None else cfg.layout.infer
     partial_path(out / "predictions.npy").unlink(missing_ok=True)  # left by a run that failed mid-write
     config_lib.save_resolved(cfg, out)
-    run_workers(infer_worker, {"config": config_lib.to_dict(cfg)}, cfg.ray, "infer", cfg.layout.ray, out)
+    loop_config = {"config": config_lib.to_dict(cfg), "out": str(out), "round": round,
+                   "labels": None if labels is None else str(labels)}  # fmt: skip
+    name = "infer" if round == 1 else f"infer_round{round}"
+    run_workers(infer_worker, loop_config, cfg.ray, name, cfg.layout.ray, out)
     return json.loads((out / "summary.json").read_text())
 
 
@@ -157,9 +176,12 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     ctx, device = worker_setup(cfg.ray)
     icfg = cfg.infer
     seed = cfg.seed if icfg.seed is None else icfg.seed
-    out = cfg.layout.infer
+    out = Path(loop_config.get("out") or cfg.layout.infer)
+    lnr_round = int(loop_config.get("round", 1))
     split = load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
     num_samples, num_classes = len(split), cfg.data.num_classes
+    # the labels LNR flips: the split's, or (iterated LNR) the labels the previous round left
+    all_labels = split.labels if loop_config.get("labels") is None else np.load(loop_config["labels"])
     path = checkpoint_path(cfg)
     model = load_model(cfg.model, cfg.data.num_classes, path).to(device)
     spec = LoaderSpec(
@@ -176,10 +198,12 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     predict_seconds = time.perf_counter() - began
     # Flips are computed from exactly what save_predictions stores, so stored predictions reproduce them.
     predictions = mean_probs.astype(icfg.predictions_dtype, copy=False)
-    labels, indices = split.labels[start:stop], np.arange(start, stop, dtype=np.int64)
+    labels, indices = all_labels[start:stop], np.arange(start, stop, dtype=np.int64)
     chunk_rows = default_chunk_rows(num_classes)
     moments = global_moments(predictions, labels, chunk_rows, split.file)
-    table = flips_for_rows(predictions, labels, indices, moments, icfg.threshold, seed, chunk_rows)
+    table = flips_for_rows(
+        predictions, labels, indices, moments, icfg.threshold, seed, chunk_rows, round=lnr_round
+    )
     parts = [all_gather_arrays(a) for a in (table.index, table.source, table.target)]
     candidates = None
     if icfg.candidates_t_min is not None:
@@ -200,10 +224,10 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
         flips = FlipTable.concat([FlipTable(*(p[r] for p in parts)) for r in range(ctx.world_size)])
         extra: dict[str, Any] = {}
         if icfg.save_predictions:
-            storage.write_npy(out / "labels.npy", split.labels)
+            storage.write_npy(out / "labels.npy", all_labels)
             storage.write_npy(out / "indices.npy", np.arange(num_samples, dtype=np.int64))
             saved = np.load(out / "predictions.npy", mmap_mode="r")
-            inputs_sha = storage.sha256_arrays(saved, split.labels, np.arange(num_samples, dtype=np.int64))
+            inputs_sha = storage.sha256_arrays(saved, all_labels, np.arange(num_samples, dtype=np.int64))
             extra["predictions"] = str(out / "predictions.npy")
         else:
             inputs_sha = storage.sha256_file(path)
@@ -211,13 +235,14 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
             storage.write_npz(
                 out / "candidates.npz", index=candidates[0], label=candidates[1], cls=candidates[2], z=candidates[3],
                 t_min=np.array(icfg.candidates_t_min), prior=moments.prior, seed=np.array(seed),
+                round=np.array(lnr_round),
             )  # fmt: skip
             extra["candidates"] = {"file": str(out / "candidates.npz"), "t_min": icfg.candidates_t_min,
                                    "count": int(candidates[0].size), "dense_entries": num_samples * num_classes}  # fmt: skip
-        manifest = Manifest.from_labels(split.labels, num_classes)
+        manifest = Manifest.from_labels(all_labels, num_classes)
         after = flips.counts_after(moments.counts)
         summary = build_summary(
-            moments, flips, icfg.threshold, seed, inputs_sha,
+            moments, flips, icfg.threshold, seed, inputs_sha, round=lnr_round,
             passes=icfg.passes, augment=icfg.augment, bn_mode=icfg.bn_mode, loader=cfg.data.loader,
             world_size=ctx.world_size, checkpoint=str(path), checkpoint_sha256=storage.sha256_file(path),
             predictions_dtype=icfg.predictions_dtype, forwards_per_sample=float(totals[0]) / num_samples,

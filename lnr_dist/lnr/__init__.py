@@ -13,7 +13,8 @@ from .flips import (
     flips_from_candidates,
     random_flips,
 )
-from .rng import uniforms
+from .rng import stream_key, uniforms
+from .rounds import cumulative, labels_after, next_round, round_candidates
 from .stats import ClassMoments, ClassStats, accumulate_stats, class_prior
 from .table import FlipTable
 from .validate import InputError, check_inputs, check_threshold, class_list, empty_classes
@@ -36,12 +37,17 @@ __all__ = [
     "class_list",
     "class_prior",
     "compute_flips",
+    "cumulative",
     "default_chunk_rows",
     "empty_classes",
     "flip_rates",
     "flips_for_rows",
     "flips_from_candidates",
+    "labels_after",
+    "next_round",
     "random_flips",
+    "round_candidates",
+    "stream_key",
     "threshold_for_budget",
     "uniforms",
 ]

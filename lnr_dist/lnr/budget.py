@@ -2,10 +2,10 @@
 
 The flip engine (flips.py, `flips_from_candidates`) gives candidate (i, k) the rate
     r_ik(t) = tanh(z_ik - t) * (prior_k - prior_label_i)     for z_ik > t (0 otherwise)
-and accepts it when r_ik > u_ik, u_ik = uniforms(seed, i, k) in [0, 1) (rng.py), so P(accept) = r_ik; the draws
-of different (i, k) are hashes of different counters, independent for this purpose. Sample i flips when ANY of its
-candidates is accepted; the highest-rate rule only picks WHICH accepted class it moves to, not whether it moves.
-So
+and accepts it when r_ik > u_ik, u_ik = uniforms(seed, i, k) in [0, 1) (rng.py; any round's stream), so
+P(accept) = r_ik; the draws of different (i, k) are hashes of different counters, independent for this purpose.
+Sample i flips when ANY of its candidates is accepted; the highest-rate rule only picks WHICH accepted class it
+moves to, not whether it moves. So
     P(i flips | t) = 1 - prod_k (1 - r_ik(t)),        E[flips](t) = sum_i P(i flips | t).
 Each r_ik(t) is continuous and non-increasing in t (tanh is increasing, and a term leaves the set z > t exactly
 where it reaches 0), so E[flips] is continuous and non-increasing in t: bisection over t finds the threshold whose

@@ -3,13 +3,17 @@
 For a sample i with label c and averaged softmax p_i:
     z_ik    = (p_ik - mean_k) / std_k                   mean/std of p_k over samples not labelled k
     rate_ik = tanh(z_ik - threshold) * max(prior_k - prior_c, 0)
-    u_ik    = uniform(seed, i, k)                      counter-based, see rng.py
+    u_ik    = uniform(seed, i, k)                      counter-based, see rng.py (round r >= 2: its own stream)
 A class k is a candidate when rate_ik > u_ik; the candidate with the highest rate wins, ties to the lowest k.
 
 Only entries with z > threshold and prior_k > prior_c can have a positive rate, and u >= 0, so the rule is
 evaluated on those "candidates" only. Sweeps keep the candidates for the lowest threshold t_min once and
 re-derive flips for any threshold >= t_min from them; the dense engine is the same code with t_min = threshold,
 so both paths agree bit for bit.
+
+Iterated LNR (round r >= 2) runs the same rule on the predictions of round r-1's model with the labels as round
+r-1 left them (the statistics, the prior and the candidates' `label` are those labels'), drawing from round r's
+stream (`round`); round 1 is the rule as above.
 """
 
 from __future__ import annotations
@@ -114,9 +118,10 @@ def find_candidates(
 
 
 def flips_from_candidates(
-    candidates: Candidates, prior: np.ndarray, threshold: float, seed: int
+    candidates: Candidates, prior: np.ndarray, threshold: float, seed: int, round: int = 1
 ) -> FlipTable:
-    """Draw the flips for `threshold` (>= candidates.t_min) from candidates; order-independent."""
+    """Draw the flips for `threshold` (>= candidates.t_min) from candidates, with round `round`'s uniforms;
+    order-independent."""
     if threshold < candidates.t_min:
         raise ValueError(f"threshold {threshold} is below the candidates' t_min {candidates.t_min}")
     above = candidates.z > threshold
@@ -124,7 +129,7 @@ def flips_from_candidates(
         a[above] for a in (candidates.index, candidates.label, candidates.cls, candidates.z)
     )
     rate = np.tanh(z - threshold) * (prior[cls] - prior[label])
-    accepted = rate > uniforms(seed, index, cls)
+    accepted = rate > uniforms(seed, index, cls, round)
     index, label, cls, rate = index[accepted], label[accepted], cls[accepted], rate[accepted]
     # Per sample: highest rate first, then lowest class; keep the first row of each sample.
     order = np.lexsort((cls, -rate, index))
@@ -149,6 +154,7 @@ def compute_flips(
     seed: int,
     chunk_rows: int | None = None,
     threads: int | None = None,
+    round: int = 1,
 ) -> FlipResult:
     """The whole engine on one process: statistics pass, then flips block by block.
 
@@ -160,13 +166,14 @@ def compute_flips(
         seed: seed of the uniform draws.
         chunk_rows: rows per block (default: ~2 MiB float64 blocks); results do not depend on it.
         threads: threads working on blocks (default: CPU count, at most 8); results do not depend on it.
+        round: the LNR round whose uniforms decide (1: the first flips; rng.stream_key).
     """
     labels = np.asarray(labels, dtype=np.int64)
     indices = np.arange(labels.shape[0], dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
     chunk_rows = chunk_rows or default_chunk_rows(probs.shape[1])
     stats = accumulate_stats(probs, labels, chunk_rows, threads)
     moments = stats.moments()
-    table = flips_for_rows(probs, labels, indices, moments, threshold, seed, chunk_rows, threads)
+    table = flips_for_rows(probs, labels, indices, moments, threshold, seed, chunk_rows, threads, round)
     return FlipResult(stats, moments, table)
 
 
@@ -179,12 +186,13 @@ def flips_for_rows(
     seed: int,
     chunk_rows: int,
     threads: int | None = None,
+    round: int = 1,
 ) -> FlipTable:
-    """Flips of some rows given GLOBAL moments (a shard's rows in the distributed job)."""
+    """Flips of some rows given GLOBAL moments (a shard's rows in the distributed job), round `round`'s draws."""
 
     def block(rows: slice) -> FlipTable:
         found = find_candidates(probs[rows], labels[rows], indices[rows], moments, threshold)
-        return flips_from_candidates(found, moments.prior, threshold, seed)
+        return flips_from_candidates(found, moments.prior, threshold, seed, round)
 
     return FlipTable.concat(list(map_blocks(block, probs.shape[0], chunk_rows, threads)))
 

@@ -66,6 +66,34 @@ class FlipTable:
         flipped[hit] = self.target[pos_clipped[hit]]
         return flipped
 
+    def _lookup(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B,) dataset indices -> (B,) bool listed here, (B,) their 'from' and (B,) 'to' (-1 where not listed)."""
+        pos = np.minimum(np.searchsorted(self.index, indices), max(len(self) - 1, 0))
+        hit = self.index[pos] == indices if len(self) else np.zeros(indices.shape, dtype=bool)
+        source, target = np.full(indices.shape, -1, np.int64), np.full(indices.shape, -1, np.int64)
+        source[hit], target[hit] = self.source[pos[hit]], self.target[pos[hit]]
+        return hit, source, target
+
+    def then(self, later: FlipTable) -> FlipTable:
+        """One table for this one followed by `later` (iterated LNR: round r's flips after rounds 1..r-1).
+
+        `later`'s 'from' are the labels this table leaves. The result maps the labels before this table to those
+        after `later`; a sample that ends at its first label is left out. Raises ValueError when a sample of
+        both tables has a `later` 'from' other than this table's 'to' (tables of different label sets).
+        """
+        index = np.union1d(self.index, later.index).astype(np.int64)
+        in_first, first_from, first_to = self._lookup(index)
+        in_later, later_from, later_to = later._lookup(index)
+        clash = in_first & in_later & (later_from != first_to)
+        if clash.any():
+            raise ValueError(
+                f"the later flip table's 'from' of sample {index[clash][0]} is not the earlier table's 'to'"
+            )
+        source = np.where(in_first, first_from, later_from)
+        target = np.where(in_later, later_to, first_to)
+        moved = source != target
+        return FlipTable(index[moved], source[moved], target[moved])
+
     def flip_matrix(self, num_classes: int) -> np.ndarray:
         """(C, C) counts of flips from row class to column class."""
         matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

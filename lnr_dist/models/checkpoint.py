@@ -177,8 +177,8 @@ def restore_training_state(
 def load_model(
     model_cfg: ModelConfig, num_classes: int, path: Path, key: str = "infer.checkpoint"
 ) -> Network:
-    """The network of the experiment with the checkpoint's weights. Raises CheckpointError for a missing,
-    damaged or foreign file, naming it and `key` (the setting that chose it)."""
+    """The network of the experiment with the checkpoint's weights (a stage-2 checkpoint's LWS too). Raises
+    CheckpointError for a missing, damaged or foreign file, naming it and `key` (the setting that chose it)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -195,6 +195,10 @@ def load_model(
             f"set {key}",
         )
     model = build_model(model_cfg, num_classes)
+    if any(
+        name.startswith("scaling.") for name in weights
+    ):  # a stage-2 model with LWS (iterated LNR predicts)
+        model.enable_weight_scaling()
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

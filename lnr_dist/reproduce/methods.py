@@ -13,6 +13,7 @@ from typing import Any
 from ..core.layout import RunLayout
 from ..experiment import ExperimentConfig
 from ..features.backend import run_on_features
+from ..rounds import run_rounds
 from ..stage2.registry import BACKBONES, STAGE2_METHODS, Stage2Method, backbone_config
 
 # a shared step runs a job of lnr_dist/jobs.py on a backbone's run folder; in this order
@@ -97,7 +98,10 @@ def run_method(method: Stage2Method, seed_run: SeedRun, folder: Path) -> dict[st
     if not method.retrain:  # the method's result is its backbone's stage-1 model
         return {"source": str(cfg.layout.stage("stage1"))}
     if method.backend(cfg.stage2) == "features":
-        run_on_features(cfg, folder)
+        if method.rounds_of(cfg.stage2) > 1:  # iterated LNR (on images the stage2 job runs the rounds)
+            run_rounds(cfg, folder)
+        else:
+            run_on_features(cfg, folder)
     else:
         seed_run.execute("stage2", cfg, str(folder))
     return {"source": str(folder)}

@@ -13,6 +13,7 @@ from ..core import storage
 from ..core.layout import RunLayout
 from ..data.manifest import Manifest
 from ..experiment import ExperimentConfig
+from ..rounds import ROUND_FIELDS
 from ..stage2.registry import STAGE2_METHODS
 from . import compare
 from .figures import write_figures
@@ -104,10 +105,15 @@ def write_report(cfg: ExperimentConfig, outcomes: list) -> dict[str, Any]:
     fields = ["method", "seeds"] + [f"{k}_{s}" for k in COLUMNS for s in ("mean", "std")] + ["not_applicable"]
     storage.write_csv(root.report_file("results.csv"), mean_rows, fields)
 
+    rounds = _round_rows(methods, outcomes)
+    if rounds:
+        storage.write_csv(root.report_file("rounds.csv"), rounds, ["method", "seed", *ROUND_FIELDS])
     comparisons = _comparisons(cfg, outcomes, per_seed)
     storage.write_csv(root.report_file("comparisons.csv"), comparisons, compare.FIELDS)
     figures = write_figures(cfg, outcomes, per_seed)
-    storage.write_text(root.report_file("results.md"), _markdown(cfg, outcomes, table, figures, comparisons))
+    storage.write_text(
+        root.report_file("results.md"), _markdown(cfg, outcomes, table, figures, comparisons, rounds)
+    )
     return {"results_md": str(root.report_file("results.md")), "results_csv": str(root.report_file("results.csv")),
             "comparisons_csv": str(root.report_file("comparisons.csv")), "figures": [str(f) for f in figures],
             "table": table}  # fmt: skip
@@ -141,6 +147,7 @@ def _markdown(
     table: dict[str, dict[str, Any]],
     figures: list[Path],
     comparisons: list[dict[str, Any]],
+    rounds: list[dict[str, Any]] = (),
 ) -> str:
     seeds = ", ".join(str(o.seed) for o in outcomes)
     lines = [
@@ -171,6 +178,7 @@ def _markdown(
         if edge:
             lines += [f"**Warning (seed {outcome.seed}): the threshold the sweep chose is {edge}.**", ""]
     lines += _comparisons_markdown(cfg, comparisons)
+    lines += _rounds_markdown(cfg, rounds)
     published = PUBLISHED.get(cfg.reproduce.published or "")
     lines += ["## Published numbers", ""]
     if published:
@@ -185,6 +193,47 @@ def _markdown(
         lines += ["", _binary_markdown(binary)]
     lines += ["", "## Figures", ""] + [f"- [{f.name}](figures/{f.name})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def _round_rows(methods: list[str], outcomes: list) -> list[dict[str, Any]]:
+    """rounds.csv's lines: every round of each iterated method (stage2.rounds > 1) and seed, from the "rounds"
+    of its results.json (lnr_dist/rounds.py)."""
+    rows = []
+    for method in methods:
+        for outcome in outcomes:
+            results = json.loads(RunLayout.results(outcome.methods[method]).read_text())
+            rows += [{"method": method, "seed": outcome.seed, **row} for row in results.get("rounds", [])]
+    return rows
+
+
+def _rounds_markdown(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[str]:
+    """Iterated LNR per round: mean (± std over seeds) of the round's flips and its stage 2's accuracies."""
+    if not rows:
+        return []
+    lines = [
+        f"## Iterated LNR: every round (stage2.rounds = {cfg.stage2.rounds})",
+        "",
+        "Round 1 is the method as run once; round r >= 2 flips again from round r-1's model on round r-1's labels "
+        "(lnr_dist/rounds.py), and its stage 2 trains on all flips so far. The method's row above is its last "
+        "round. Per seed: rounds.csv; per method and seed: methods/<name>/rounds.png.",
+        "",
+        "| method | round | seeds | threshold | new flips | flips so far | top-1 | balanced | many | medium | few "
+        "| ECE |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    keys = ("threshold", "num_flips", "cumulative_flips", "test_top1", "test_balanced_acc", "test_many",
+            "test_medium", "test_few", "test_ece")  # fmt: skip
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], int(row["round"])), []).append(row)
+    for (method, number), runs in groups.items():
+        cells = []
+        for key in keys:
+            values = [r[key] for r in runs if _number(r.get(key)) is not None]
+            digits = 0 if key in ("num_flips", "cumulative_flips") else 2
+            cells.append(_cell(_mean_std(values) if values else None, digits, len(runs)))
+        lines.append(f"| {method} | {number} | {len(runs)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _comparisons_markdown(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[str]:

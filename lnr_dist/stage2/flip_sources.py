@@ -29,6 +29,7 @@ def tuned_threshold(layout: RunLayout) -> float:
 
 
 def load_candidates(path) -> tuple[Candidates, np.ndarray, int]:
+    """(candidates, (C,) prior, seed) of a candidates.npz the inference job wrote."""
     with np.load(path, allow_pickle=False) as data:
         found = Candidates(float(data["t_min"]), data["index"], data["label"], data["cls"], data["z"])
         return found, data["prior"], int(data["seed"])
@@ -45,6 +46,7 @@ class FlipSource:
             raise UserError(f"{summary_path} not found: run `lnr-dist infer` first")
         self.summary = json.loads(summary_path.read_text())
         self.seed = int(self.summary["seed"])
+        self.round = int(self.summary.get("round", 1))  # iterated LNR's re-predictions draw from their round
         self.candidates = None
         if layout.infer_file("candidates.npz").is_file():
             self.candidates, self.prior, _ = load_candidates(layout.infer_file("candidates.npz"))
@@ -60,7 +62,9 @@ class FlipSource:
                 self.summary["threshold"]
             )
         if self.candidates is not None and threshold >= self.candidates.t_min:
-            return flips_from_candidates(self.candidates, self.prior, threshold, self.seed), threshold
+            return flips_from_candidates(
+                self.candidates, self.prior, threshold, self.seed, self.round
+            ), threshold
         if not self.has_predictions:
             raise UserError(
                 f"threshold {threshold} needs {self.layout.infer_file('predictions.npy')} (infer.save_predictions) "
@@ -68,7 +72,7 @@ class FlipSource:
             )
         probs = np.load(self.layout.infer_file("predictions.npy"), mmap_mode="r")
         labels = np.load(self.layout.infer_file("labels.npy"))
-        return compute_flips(probs, labels, None, threshold, self.seed).table, threshold
+        return compute_flips(probs, labels, None, threshold, self.seed, round=self.round).table, threshold
 
 
 @dataclass(frozen=True)
@@ -85,11 +89,14 @@ class LabelContext:
 class LabelPolicy:
     """How a method's training labels are made. `flips(ctx)` returns (flip table or None for the original
     labels, the threshold used or None). `reads_inference`: it needs the inference job's outputs (so
-    `reproduce` runs stage 1 and inference first)."""
+    `reproduce` runs stage 1 and inference first). `iterates`: stage2.rounds > 1 flips again from each
+    round's model (iterated LNR, lnr_dist/rounds.py); a policy that does not iterate runs once whatever
+    stage2.rounds says."""
 
     name: str
     flips: Callable[[LabelContext], tuple[FlipTable | None, float | None]]
     reads_inference: bool
+    iterates: bool = False
 
 
 def _original(ctx: LabelContext) -> tuple[None, None]:
@@ -110,7 +117,7 @@ def _random_like_lnr(ctx: LabelContext) -> tuple[FlipTable, float]:
 
 
 ORIGINAL_LABELS = LabelPolicy("none", _original, reads_inference=False)
-LNR_FLIPS = LabelPolicy("lnr", _lnr, reads_inference=True)
+LNR_FLIPS = LabelPolicy("lnr", _lnr, reads_inference=True, iterates=True)
 RANDOM_FLIPS = LabelPolicy("random", _random_like_lnr, reads_inference=True)
 
 

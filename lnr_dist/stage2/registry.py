@@ -220,6 +220,10 @@ class Stage2Method:
     def uses_lws(self, s2: Stage2Config) -> bool:
         return s2.lws if self.lws is None else self.lws
 
+    def rounds_of(self, s2: Stage2Config) -> int:
+        """Rounds of iterated LNR this method runs: stage2.rounds when its label policy iterates, else 1."""
+        return s2.rounds if self.retrain and self.labels.iterates else 1
+
     def backend(self, s2: Stage2Config, purpose: Literal["run", "sweep"] = "run") -> Backend:
         """Where this method trains. An explicit stage2.backend it supports wins; auto is cached features for the
         sweep's trials when no BN shift is asked for, images for a method's own run; a method with one

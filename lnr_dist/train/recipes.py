@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core import storage
 from ..data.manifest import Manifest
 from ..data.pool import load_pool
 from ..data.sampling import Sampler
@@ -85,10 +86,17 @@ def head_param_groups(
     return groups
 
 
-def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
+# A flip table that replaces the method's label policy: (flips.npz path, the threshold it was made at)
+FlipsOverride = tuple[str, float | None]
+
+
+def stage2_recipe(
+    cfg: ExperimentConfig, manifest: Manifest, train_labels: np.ndarray, flips: FlipsOverride | None = None
+) -> Recipe:
     """Stage 2 of cfg.stage2.method (lnr_dist.stage2.registry): the stage-1 network with frozen features (+
     optional BN shift), classifier (+ LWS) retrained with the method's loss and sampler, labels replaced through
-    the method's flip table at the run's threshold policy. A method with an unlabelled part also gets the pool
+    the method's flip table at the run's threshold policy, or through `flips` (iterated LNR's round r: the table
+    from the dataset's labels to round r's, lnr_dist/rounds.py). A method with an unlabelled part also gets the pool
     (data.unlabeled_split, label-free: data/pool.py load_pool, whose UserError names the key when it is unset
     or missing) and, when that part asks for it, a trained last backbone block."""
     s2 = cfg.stage2
@@ -103,7 +111,10 @@ def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.nd
     if lws:
         model.enable_weight_scaling()
     groups = head_param_groups(s2, model.classifier, model.scaling if lws else None, model.trained_blocks)
-    table, threshold = stage2_flips(cfg, train_labels)
+    if flips is None:
+        table, threshold = stage2_flips(cfg, train_labels)
+    else:
+        table, threshold = storage.load_flip_table(flips[0]), flips[1]
     label_map = None
     if table is not None:
 
@@ -123,7 +134,18 @@ def stage2_recipe(cfg: ExperimentConfig, manifest: Manifest, train_labels: np.nd
 RECIPES = {"stage1": stage1_recipe, "stage2": stage2_recipe}
 
 
-def build_recipe(cfg: ExperimentConfig, stage: str, manifest: Manifest, train_labels: np.ndarray) -> Recipe:
+def build_recipe(
+    cfg: ExperimentConfig,
+    stage: str,
+    manifest: Manifest,
+    train_labels: np.ndarray,
+    flips: FlipsOverride | None = None,
+) -> Recipe:
+    """The recipe of `stage`; `flips` (stage 2 only) replaces the method's label policy (stage2_recipe)."""
     if stage not in RECIPES:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(RECIPES)}")
+    if flips is not None:
+        if stage != "stage2":
+            raise ValueError("a flip table replaces stage 2's label policy only")
+        return stage2_recipe(cfg, manifest, train_labels, flips)
     return RECIPES[stage](cfg, manifest, train_labels)

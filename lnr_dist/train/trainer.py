@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ from .engine import (
     train_one_epoch,
 )
 from .metrics import compute_metrics
-from .recipes import Recipe, build_recipe
+from .recipes import FlipsOverride, Recipe, build_recipe
+from .scalars import EpochScalars, scalars_folder
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,9 @@ def _check_resumable(cfg: ExperimentConfig, stage: str, out: Path, flips: dict[s
         )
 
 
-def preflight(cfg: ExperimentConfig, stage: str, out: Path | None = None) -> dict[str, Split]:
+def preflight(
+    cfg: ExperimentConfig, stage: str, out: Path | None = None, flips: FlipsOverride | None = None
+) -> dict[str, Split]:
     """Everything that can be checked without workers: split files (and the unlabelled pool when
     data.unlabeled_split is set: its format, labels and no path shared with another split), the model's files,
     batch sizes, and that an existing checkpoint in the output folder belongs to this run."""
@@ -142,24 +146,30 @@ def preflight(cfg: ExperimentConfig, stage: str, out: Path | None = None) -> dic
         if missing is not None:
             raise UserError(f"{split.where(missing)}: missing file {split.full_path(missing)} ({name} split)")
     labels = splits["train"].labels
-    recipe = build_recipe(cfg, stage, Manifest.from_labels(labels, cfg.data.num_classes), labels)
-    flips = recipe.checkpoint_extra.get("results_extra", {}).get("flips")
-    _check_resumable(cfg, stage, out or cfg.layout.stage(stage), flips)
+    recipe = build_recipe(cfg, stage, Manifest.from_labels(labels, cfg.data.num_classes), labels, flips)
+    report = recipe.checkpoint_extra.get("results_extra", {}).get("flips")
+    _check_resumable(cfg, stage, out or cfg.layout.stage(stage), report)
     return splits
 
 
 def fit(
-    cfg: ExperimentConfig, stage: str = "stage1", out: Path | None = None, callbacks: list | None = None
+    cfg: ExperimentConfig,
+    stage: str = "stage1",
+    out: Path | None = None,
+    callbacks: list | None = None,
+    flips: FlipsOverride | None = None,
 ) -> dict[str, Any]:
     """Run `stage` on Ray Train; returns results.json (best validation epoch and its test metrics).
 
-    `out` replaces the stage's folder <run_dir>/<stage> (sweep trials); `callbacks` go to the TorchTrainer.
+    `out` replaces the stage's folder <run_dir>/<stage> (sweep trials); `callbacks` go to the TorchTrainer;
+    `flips` (stage 2: a flips.npz and its threshold) replaces the method's label policy (iterated LNR's rounds).
     """
     cfg = cfg.with_absolute_paths()
     out = Path(out).resolve() if out is not None else cfg.layout.stage(stage)
-    preflight(cfg, stage, out)
+    preflight(cfg, stage, out, flips)
     config_lib.save_resolved(cfg, out)
-    loop_config = {"config": config_lib.to_dict(cfg), "stage": stage, "out": str(out)}
+    loop_config = {"config": config_lib.to_dict(cfg), "stage": stage, "out": str(out),
+                   "flips": None if flips is None else [str(flips[0]), flips[1]]}  # fmt: skip
     name = stage if out == cfg.layout.stage(stage) else out.name
     run_workers(train_worker, loop_config, cfg.ray, name, cfg.layout.ray, out, callbacks)
     return json.loads((out / "results.json").read_text())
@@ -210,7 +220,13 @@ def unlabeled_stream(
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker loop (every rank runs it)."""
+    """Ray Train worker loop (every rank runs it); what it opens on the way (rank 0's TensorBoard writer) is
+    closed however it ends."""
+    with ExitStack() as closing:
+        _train(loop_config, closing)
+
+
+def _train(loop_config: dict[str, Any], closing: ExitStack) -> None:
     cfg = config_lib.from_dict(ExperimentConfig, loop_config["config"], "<ray worker config>")
     stage = loop_config["stage"]
     ctx, device = worker_setup(cfg.ray)
@@ -221,7 +237,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     splits = load_splits(cfg)
     manifest = Manifest.from_labels(splits["train"].labels, cfg.data.num_classes)
     torch.manual_seed(cfg.seed)  # the initial weights (rank 0's reach every rank through DDP) follow the seed
-    recipe = build_recipe(cfg, stage, manifest, splits["train"].labels)
+    override = loop_config.get("flips")
+    recipe = build_recipe(
+        cfg, stage, manifest, splits["train"].labels, None if override is None else tuple(override)
+    )
     train_cfg = recipe.train
     per_worker = train_cfg.batch_size // ctx.world_size
     eval_per_worker = train_cfg.eval_batch_size // ctx.world_size
@@ -257,6 +276,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             best = _best_of_resumed_run(checkpoints / "best.pt", best, start_epoch)
         log.info("resumed %s from %s: epoch %d done", stage, resumed.path, state["epoch"])
     rows = [r for r in _read_rows(out / "metrics.csv") if r["epoch"] < start_epoch]
+    scalars = closing.enter_context(
+        EpochScalars(scalars_folder(cfg, out) if ctx.is_main else None, start_epoch)
+    )
 
     for epoch in range(start_epoch, train_cfg.epochs):
         inject_fault(cfg.fault, ctx, epoch, out)
@@ -297,6 +319,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             rows.append(row)
             storage.write_csv(out / "metrics.csv", rows, CSV_FIELDS)
             training_curves(rows, out / "training_curves.png", f"{stage} ({cfg.run_dir})")
+            scalars.write(epoch, row)
         log.info(
             "%s epoch %d/%d: loss %.4f, val top-1 %.2f, balanced %.2f, few %.2f, ECE %.2f (%.1f img/s)",
             stage, epoch + 1, train_cfg.epochs, stats["train_loss"], val["top1"], val["balanced_acc"],

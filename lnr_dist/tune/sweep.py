@@ -7,7 +7,8 @@ default; its label policy makes each trial's flips). Where trials train is the m
 `features/cache.py`, a fraction of a second per trial on the mini set). On images each trial is a
 function trainable that builds a TorchTrainer for stage 2 (Ray Train V2's pattern: Tune drives a function that
 builds the trainer; `TuneReportCallback` forwards the workers' reports). Trials take `tune.cpus_per_trial` /
-`tune.gpus_per_trial`: fractional CPUs on a laptop, one GPU per trial on a cluster.
+`tune.gpus_per_trial`: fractional CPUs on a laptop, one GPU per trial on a cluster. Each trial's per-epoch
+curves go to tune/trial_t<t>/tensorboard/ on either backend (train/scalars.py), one TensorBoard run per threshold.
 
 Thresholds come from tune.search: a grid, seeded uniform draws, or Optuna's TPE (Ray Tune's OptunaSearch) in
 rounds; tune.early_stop asha stops poor trials early. tune.flip_budget picks the threshold without a sweep
@@ -43,6 +44,7 @@ from ..features.heads import evaluate_head, train_head
 from ..runtime.raycluster import ensure_ray, groups_that_fit
 from ..stage2.flip_sources import FlipSource
 from ..stage2.registry import STAGE2_METHODS, flips_at, method_of
+from ..train.scalars import scalars_folder
 from ..train.trainer import fit
 from .budget import run_flip_budget
 
@@ -69,8 +71,10 @@ def head_trial(config: dict[str, Any]) -> None:
                      "best_objective": best["value"], **storage.finite({f"val_{k}": v for k, v in metrics.items()})})  # fmt: skip
 
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
+    # one TensorBoard run per threshold, where a trial on images writes its own (the trainer, in its folder)
     train_head(cfg.stage2, method_of(cfg), _epochs(cfg), inputs.manifest, inputs.features, inputs.labels,
-               inputs.classifier, table, cfg.seed, objective, report)  # fmt: skip
+               inputs.classifier, table, cfg.seed, objective, report,
+               scalars_folder(cfg, cfg.layout.tune_trial(threshold)))  # fmt: skip
 
 
 def trainer_trial(config: dict[str, Any]) -> None:
@@ -265,7 +269,8 @@ def _evaluate_chosen(cfg: ExperimentConfig, threshold: float, cached: bool) -> d
     inputs = head_inputs(cfg)
     table, _ = flips_at(cfg, inputs.labels["train"], threshold)
     result = train_head(cfg.stage2, method_of(cfg), _epochs(cfg), inputs.manifest, inputs.features, inputs.labels,
-                        inputs.classifier, table, cfg.seed, cfg.tune.objective)  # fmt: skip
+                        inputs.classifier, table, cfg.seed, cfg.tune.objective,
+                        tensorboard=scalars_folder(cfg, cfg.layout.tune_chosen))  # fmt: skip
     return evaluate_head(result.head, inputs.features, inputs.labels, inputs.manifest)
 
 

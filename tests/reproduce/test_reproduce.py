@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lnr_dist.core import storage
 from lnr_dist.core.errors import UserError
+from lnr_dist.data.splits import load_split
 from lnr_dist.experiment import BinaryConfig, ReproduceConfig
+from lnr_dist.lnr import FlipTable
 from lnr_dist.reproduce.report import COLUMNS, method_row
 from lnr_dist.reproduce.runner import reproduce
 from lnr_dist.reproduce.steps import StepFailed
+from lnr_dist.stage2.export import export_flipped_split
 from lnr_dist.stage2.registry import STAGE2_METHODS, Stage2Method
 from tests.conftest import mini_data_config, mini_experiment
 
@@ -138,6 +142,22 @@ def test_saved_test_logits_reproduce_the_table_exactly(first_run):
         assert reliability(logits, labels)[3] == pytest.approx(float(table[method]["ece"]), abs=1e-9)
         checked += 1
     assert checked >= 5
+
+
+def test_export_writes_the_split_lnr_trained_on(first_run, tmp_path):
+    """`lnr-dist export --seed 0` on a reproduce folder: the split file read back by the product's reader has
+    the labels of the flip table method lnr trained on (its results.json's hash)."""
+    cfg, _ = first_run
+    cfg = cfg.with_absolute_paths()
+    done = export_flipped_split(cfg, tmp_path / "flipped.txt", seed=cfg.seed)
+    lnr = json.loads((cfg.layout.seed(cfg.seed).method("lnr") / "results.json").read_text())["flips"]
+    assert done.num_flips == lnr["num_flips"] > 0 and done.threshold == lnr["threshold"]
+    original = load_split(cfg.data.train_split, cfg.data.root, 10)
+    exported = load_split(done.split, cfg.data.root, 10)
+    assert exported.paths == original.paths
+    changed = np.flatnonzero(exported.labels != original.labels)
+    table = FlipTable(changed, original.labels[changed], exported.labels[changed])
+    assert storage.flip_table_sha256(table) == lnr["flips_sha256"]
 
 
 def test_comparisons_with_intervals_and_verdicts(first_run):

@@ -19,6 +19,7 @@ from lnr_dist.core import config as config_lib
 from lnr_dist.core import storage
 from lnr_dist.core.config import ConfigError, load_config
 from lnr_dist.core.errors import UserError
+from lnr_dist.core.layout import RunLayout
 from lnr_dist.core.synthetic import exponential_counts
 from lnr_dist.data.config import DataConfig
 from lnr_dist.data.manifest import Manifest
@@ -30,6 +31,8 @@ from lnr_dist.reproduce.methods import sections_of, steps_of
 from lnr_dist.reproduce.runner import reproduce
 from lnr_dist.stage2 import mining
 from lnr_dist.stage2.registry import get_method, reproduce_methods
+
+from ..conftest import tensorboard_scalars
 
 REPO = Path(__file__).resolve().parents[2]
 C, D = 4, 16
@@ -262,6 +265,9 @@ def test_the_mining_methods_add_annotated_pool_images_to_the_head(tmp_path, monk
         folder = tmp_path / name
         results[name] = run_on_features(replace(cfg, stage2=replace(cfg.stage2, method=name)), folder)
         assert (folder / "results.json").is_file() and (folder / "test_logits.npz").is_file()
+        # the head's epochs as TensorBoard scalars, as a sweep trial's
+        curves = tensorboard_scalars(RunLayout.tensorboard(folder))
+        assert [step for step, _ in curves["val/balanced_acc"]] == list(range(cfg.stage2.epochs))
     mined = results["mining"]["extra_train"]
     assert sorted(mined["pool_indices"]) == planted.tolist() and mined["count"] == POOL_FAR
     assert mined["class_counts"] == [0, 0, 0, POOL_FAR] and mined["precision"]["few"] == 1.0

@@ -11,15 +11,17 @@ from PIL import Image
 
 from lnr_dist.cli import main
 from lnr_dist.core.dist import RankContext
+from lnr_dist.core.layout import RunLayout
 from lnr_dist.data.loader import LoaderSpec, build_loader
 from lnr_dist.data.manifest import Manifest
 from lnr_dist.models.checkpoint import load_checkpoint
 from lnr_dist.models.network import build_model
 from lnr_dist.train.engine import evaluate, lr_multiplier
 from lnr_dist.train.metrics import compute_metrics
+from lnr_dist.train.scalars import EPOCH_TAGS, EVENT_FILES
 from lnr_dist.train.trainer import fit, load_splits
 
-from ..conftest import mini_experiment
+from ..conftest import mini_experiment, tensorboard_scalars
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -62,6 +64,21 @@ def test_training_lowers_loss_beats_chance_and_writes_the_run_folder(trained):
     } <= set(state)
 
 
+def test_tensorboard_has_every_epoch_of_metrics_csv_under_its_tag(trained):
+    cfg, _ = trained
+    out = cfg.layout.stage("stage1")
+    scalars = tensorboard_scalars(RunLayout.tensorboard(out))
+    assert {"train/loss", "train/acc", "train/lr", "train/images_per_second", "val/top1", "val/balanced_acc",
+            "val/few", "val/ece", "val/nll"} <= set(scalars)  # fmt: skip
+    rows = read_rows(out / "metrics.csv")
+    # one point per epoch, equal to metrics.csv's (float32 in the event file)
+    for column, tag in EPOCH_TAGS.items():
+        expected = [(int(r["epoch"]), float(r[column])) for r in rows if r.get(column)]
+        assert [s for s, _ in scalars.get(tag, [])] == [s for s, _ in expected], tag
+        assert [v for _, v in scalars.get(tag, [])] == pytest.approx([v for _, v in expected], rel=1e-6), tag
+    assert len(list(RunLayout.tensorboard(out).glob(EVENT_FILES))) == 1  # rank 0 alone wrote
+
+
 def test_two_worker_metrics_equal_one_process_on_the_same_model(trained):
     cfg, results = trained
     splits = load_splits(cfg)
@@ -85,12 +102,19 @@ def test_interrupted_run_resumes_with_its_optimizer_state(mini_root, tmp_path, r
     first_rows = read_rows(out / "metrics.csv")
     assert before["epoch"] == 1 and len(first_rows) == 2
     assert any("momentum_buffer" in s for s in before["optimizer"]["state"].values())
+    tensorboard = RunLayout.tensorboard(out)
+    assert [s for s, _ in tensorboard_scalars(tensorboard)["val/balanced_acc"]] == [0, 1]
 
     results = fit(cfg, "stage1")  # the fault fires once; the same command picks up at epoch 2
     after = load_checkpoint(out / "checkpoints/last.pt")
     rows = read_rows(out / "metrics.csv")
     assert after["epoch"] == 3 and [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert rows[:2] == first_rows  # epochs 0-1 were not trained again
+    # the resumed run wrote its own event file, with the epochs after the resumed one only; one point per epoch
+    first_file, resumed_file = sorted(tensorboard.glob(EVENT_FILES))
+    assert {s for points in tensorboard_scalars(resumed_file).values() for s, _ in points} == {2, 3}
+    curve = tensorboard_scalars(tensorboard)["val/balanced_acc"]
+    assert curve == [(int(r["epoch"]), pytest.approx(float(r["val_balanced_acc"]))) for r in rows]
     steps = before["scheduler"]["last_epoch"] // 2
     assert after["scheduler"]["last_epoch"] == 4 * steps  # the schedule continued, it did not restart
     factor = lr_multiplier(cfg.stage1, steps)  # the LR each epoch ended at, before and after the restart
