@@ -53,8 +53,10 @@ COMMAND_HELP: dict[str, tuple[str, str, str]] = {
         "lnr-dist infer --config configs/mini.yaml infer.threshold=2.5 infer.passes=2",
     ),
     "tune": (
-        "run_dir/infer/ (the flips re-derived per trial) and the stage-1 checkpoint (or its cached features)",
-        "run_dir/tune/: sweep.csv, sweep.md, sweep.png, chosen_threshold.json, chosen/ (the winner's test run)",
+        "run_dir/infer/ (the flips re-derived per trial) and the stage-1 checkpoint (or its cached features); with "
+        "tune.flip_budget only run_dir/infer/candidates.npz",
+        "run_dir/tune/: sweep.csv, sweep.md, sweep.png, chosen_threshold.json, chosen/ (the winner's test run); with "
+        "tune.flip_budget chosen_threshold.json and sweep.md",
         "lnr-dist tune --config configs/mini.yaml tune.thresholds=[1.0,2.0,3.0]",
     ),
     "stage2": (
@@ -471,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_jobs = (
         ("stage1", _cmd_stage1, "stage 1: train the backbone on Ray Train"),
         ("infer", _cmd_infer, "sharded two-pass inference and LNR flips on Ray Train"),
-        ("tune", _cmd_tune, "Ray Tune threshold sweep on validation"),
+        ("tune", _cmd_tune, "Ray Tune threshold sweep on validation (or tune.flip_budget's threshold)"),
         ("stage2", _cmd_stage2, "stage 2: classifier re-training on (LNR-flipped) labels"),
     )
     for name, func, text in config_jobs:

@@ -267,26 +267,46 @@ class Stage2Config(TrainConfig):
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """`tune:` — the Ray Tune threshold sweep. scheduler grid: every value of `thresholds`; asha: `num_samples`
-    thresholds drawn uniformly from [search_min, search_max], poor ones stopped early (ASHA, Li et al. 2020:
-    after `grace_period` epochs, then at rungs `reduction_factor` times apart, only the top 1/reduction_factor
-    continue). Only trials that ran the whole schedule can be chosen (an early-stopped trial's best epoch is not
-    comparable with a finished one's); they pick on the validation `objective`, and only the chosen threshold's
-    model sees the test split. A choice at the end of the searched range is flagged (the best may lie beyond).
-    stage2.backend decides where trials train: on cached features (a classifier head on features computed once;
-    auto's choice when stage2.shift_bn is off) or as stage 2 on Ray Train.
+    """`tune:` — how `lnr-dist tune` picks the LNR threshold.
+
+    A Ray Tune sweep, where `search` proposes the thresholds: grid, every value of `thresholds`; random,
+    `num_samples` draws uniform in [search_min, search_max] (seeded by the experiment seed); optuna, `num_samples`
+    proposals of Optuna's TPE sampler (Bergstra et al., NeurIPS 2011; Ray Tune's OptunaSearch) in the same range,
+    the first `startup_trials` drawn at random, seeded by the experiment seed. TPE learns in rounds of
+    `max_concurrent` trials (0: as many as the cluster runs at once) and is told a round's results only when the
+    whole round has ended, so a rerun on the same cluster proposes the same thresholds (with early_stop asha only
+    when trials run one at a time: ASHA's decisions depend on the order trials report). `early_stop`: none runs
+    every trial to the end; asha stops poor trials early (ASHA, Li et al. 2020: after `grace_period` epochs, then at
+    rungs `reduction_factor` times apart, only the top 1/reduction_factor continue). Only trials that ran the whole
+    schedule can be chosen (an early-stopped trial's best epoch is not comparable with a finished one's); they pick
+    on the validation `objective`, and only the chosen threshold's model sees the test split. A choice at the end
+    of the searched range is flagged (the best may lie beyond). stage2.backend decides where trials train: on
+    cached features (a classifier head on features computed once; auto's choice when stage2.shift_bn is off) or as
+    stage 2 on Ray Train.
+
+    Or no sweep: with `flip_budget` F in (0, 1), the threshold whose expected number of flips is F x the training
+    set, by bisection on the inference job's sparse candidates (lnr_dist/lnr/budget.py; no training, no Ray Tune;
+    needs infer.candidates_t_min).
 
     `per_round` (iterated LNR, stage2.rounds > 1): each round r >= 2 picks its own threshold among
     `tune.thresholds` on the validation `objective`, training a head on cached features per value (features
     backend only: on images a round keeps round 1's threshold); off, every round flips at round 1's threshold."""
 
-    RENAMED_KEYS: ClassVar[dict[str, str]] = {"cached_features": "stage2.backend (auto | images | features)"}
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "cached_features": "stage2.backend (auto | images | features)",
+        "scheduler": "tune.search (grid | random | optuna) and tune.early_stop (none | asha); scheduler grid was "
+        "search grid, scheduler asha was search random with early_stop asha",
+    }
 
-    scheduler: Literal["grid", "asha"] = "grid"
+    search: Literal["grid", "random", "optuna"] = "grid"
+    early_stop: Literal["none", "asha"] = "none"
     thresholds: tuple[float, ...] = (1.0, 2.0, 3.0)
     search_min: float = 0.0
     search_max: float = 20.0
     num_samples: int = 8
+    # Optuna's own default is 10, meant for larger budgets: with the 8 trials of num_samples' default, TPE would
+    # never leave its random start
+    startup_trials: int = 4
     grace_period: int = 1
     reduction_factor: int = 2
     objective: Literal["balanced_acc", "top1", "few"] = "balanced_acc"
@@ -294,15 +314,26 @@ class TuneConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0
+    flip_budget: float | None = None
     per_round: bool = False
 
     def __post_init__(self) -> None:
-        if self.scheduler == "grid" and not self.thresholds:
+        if self.search == "grid" and not self.thresholds:
             raise ValueError("a grid sweep needs at least one value in tune.thresholds")
-        if self.scheduler == "asha" and not self.search_min < self.search_max:
+        if self.search != "grid" and not self.search_min < self.search_max:
             raise ValueError("tune.search_min must be below tune.search_max")
+        if self.num_samples < 1 or self.startup_trials < 1:
+            raise ValueError("need tune.num_samples >= 1 and tune.startup_trials >= 1")
         if self.grace_period < 1 or self.reduction_factor < 2:
             raise ValueError("need tune.grace_period >= 1 and tune.reduction_factor >= 2")
+        if self.flip_budget is not None:
+            if not 0.0 < self.flip_budget < 1.0:
+                raise ValueError(f"tune.flip_budget must lie in (0, 1) (a fraction of the training set), got "
+                                 f"{self.flip_budget}")  # fmt: skip
+            if self.search != "grid" or self.early_stop != "none":
+                raise ValueError(f"tune.flip_budget finds the threshold without a sweep, so tune.search "
+                                 f"{self.search} / tune.early_stop {self.early_stop} would go unused: drop "
+                                 "tune.flip_budget, or leave search and early_stop at grid and none")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -523,6 +554,11 @@ class ExperimentConfig:
             raise ValueError(
                 f"tune.epochs ({self.tune.epochs}) is shorter than the last of stage2.milestones "
                 f"({s2.milestones[-1]}): raise tune.epochs or leave it unset (= stage2.epochs)"
+            )
+        if self.tune.flip_budget is not None and self.infer.candidates_t_min is None:
+            raise ValueError(
+                "tune.flip_budget is found on the inference job's sparse candidates: set infer.candidates_t_min "
+                "(the lowest threshold the budget may need) and run `lnr-dist infer`"
             )
 
     def check_global_batch(self, *keys: str) -> None:

@@ -109,9 +109,10 @@ JOBS: dict[str, Job] = {
         Job(
             "tune",
             _tune,
-            "infer/ (predictions.npy or candidates.npz), the stage-1 checkpoint (stage2.checkpoint), features/",
+            "infer/ (predictions.npy or candidates.npz), the stage-1 checkpoint (stage2.checkpoint), features/; "
+            "with tune.flip_budget infer/candidates.npz only",
             "tune/ (sweep.csv, sweep.md, sweep.png, chosen_threshold.json; trial_t*/, chosen/: a stage-2 run each "
-            "on images, only tensorboard/ on features)",
+            "on images, only tensorboard/ on features; with tune.flip_budget chosen_threshold.json and sweep.md only)",
         ),
         Job(
             "stage2",

@@ -100,7 +100,7 @@ def test_config_carries_the_published_recipe(capsys, name):
 
     assert infer["threshold"] == threshold == (7.5 if cfg["data"]["num_classes"] == 10 else 14.5)
     grid = tune["thresholds"]
-    assert tune["scheduler"] == "grid" and min(grid) < threshold < max(grid) and threshold in grid
+    assert tune["search"] == "grid" and min(grid) < threshold < max(grid) and threshold in grid
     assert tune["search_min"] == min(grid) and tune["search_max"] == max(grid)
     assert infer["candidates_t_min"] is not None and infer["candidates_t_min"] <= min(grid)
 

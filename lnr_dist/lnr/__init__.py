@@ -1,5 +1,6 @@
 """Pure LNR mathematics: class statistics, rates, counter-based draws, flip table. No I/O, no distributed."""
 
+from .budget import BudgetOutOfReach, BudgetThreshold, ExpectedFlips, threshold_for_budget
 from .flips import (
     Candidates,
     FlipResult,
@@ -19,9 +20,12 @@ from .table import FlipTable
 from .validate import InputError, check_inputs, check_threshold, class_list, empty_classes
 
 __all__ = [
+    "BudgetOutOfReach",
+    "BudgetThreshold",
     "Candidates",
     "ClassMoments",
     "ClassStats",
+    "ExpectedFlips",
     "FlipResult",
     "FlipTable",
     "InputError",
@@ -44,5 +48,6 @@ __all__ = [
     "random_flips",
     "round_candidates",
     "stream_key",
+    "threshold_for_budget",
     "uniforms",
 ]

@@ -9,6 +9,10 @@ function trainable that builds a TorchTrainer for stage 2 (Ray Train V2's patter
 builds the trainer; `TuneReportCallback` forwards the workers' reports). Trials take `tune.cpus_per_trial` /
 `tune.gpus_per_trial`: fractional CPUs on a laptop, one GPU per trial on a cluster. Each trial's per-epoch
 curves go to tune/trial_t<t>/tensorboard/ on either backend (train/scalars.py), one TensorBoard run per threshold.
+
+Thresholds come from tune.search: a grid, seeded uniform draws, or Optuna's TPE (Ray Tune's OptunaSearch) in
+rounds; tune.early_stop asha stops poor trials early. tune.flip_budget picks the threshold without a sweep
+(tune/budget.py).
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import optuna
+import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
 
 from ..core import config as config_lib
 from ..core import storage
@@ -39,6 +47,7 @@ from ..stage2.flip_sources import FlipSource
 from ..stage2.registry import STAGE2_METHODS, flips_at, method_of
 from ..train.scalars import scalars_folder
 from ..train.trainer import fit
+from .budget import run_flip_budget
 
 log = logging.getLogger(__name__)
 SWEEP_FIELDS = ("threshold", "status", "epochs_run", "num_flips", "best_epoch", "val_balanced_acc", "val_top1",
@@ -97,15 +106,46 @@ def _epochs(cfg: ExperimentConfig) -> int:
     return cfg.tune.epochs or cfg.stage2.epochs
 
 
-def _space(cfg: ExperimentConfig) -> tuple[Any, int, Any]:
+def _search(cfg: ExperimentConfig, concurrent: int | None) -> tuple[Any, Any, int, Any]:
+    """(threshold domain, search algorithm, num_samples, scheduler) of tune.search and tune.early_stop.
+
+    `concurrent`: how many trials may run at once (None: no limit); it sizes Optuna's rounds (_round_size)."""
     t = cfg.tune
-    if t.scheduler == "grid":
-        return tune.grid_search([float(v) for v in t.thresholds]), 1, None
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration", max_t=_epochs(cfg), grace_period=min(t.grace_period, _epochs(cfg)),
-        reduction_factor=t.reduction_factor,
-    )  # fmt: skip
-    return tune.uniform(t.search_min, t.search_max), t.num_samples, scheduler
+    scheduler = None
+    if t.early_stop == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=_epochs(cfg), grace_period=min(t.grace_period, _epochs(cfg)),
+            reduction_factor=t.reduction_factor,
+        )  # fmt: skip
+    if t.search == "grid":
+        generator = BasicVariantGenerator(max_concurrent=concurrent or 0)
+        return tune.grid_search([float(v) for v in t.thresholds]), generator, 1, scheduler
+    domain = tune.uniform(t.search_min, t.search_max)
+    if t.search != "optuna":  # random
+        generator = BasicVariantGenerator(max_concurrent=concurrent or 0, random_state=cfg.seed)
+        return domain, generator, t.num_samples, scheduler
+    # Tune tells the searcher each trial's last report of its metric (the schedule's end, or where ASHA stopped
+    # it); batch: a round's results reach TPE together once the whole round has ended, so what TPE knows when
+    # it proposes does not depend on which trial finished first, and a rerun proposes the same thresholds
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=t.startup_trials)
+    searcher = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=_round_size(cfg, concurrent),
+                                  batch=True)  # fmt: skip
+    # Optuna logs each trial at INFO through its own stderr handler: through the project's instead (core/logs.py
+    # keeps other libraries' INFO lines out, their warnings in)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    return domain, searcher, t.num_samples, scheduler
+
+
+def _round_size(cfg: ExperimentConfig, concurrent: int | None) -> int:
+    """Trials per Optuna round: tune.max_concurrent, else as many as fit at once (`concurrent`, or for trials on
+    cached features the cluster's CPUs / tune.cpus_per_trial, and GPUs / gpus_per_trial), at most num_samples."""
+    if concurrent is None:
+        have = ray.cluster_resources()
+        fits = [have.get("CPU", 0.0) / cfg.tune.cpus_per_trial] if cfg.tune.cpus_per_trial > 0 else []
+        fits += [have.get("GPU", 0.0) / cfg.tune.gpus_per_trial] if cfg.tune.gpus_per_trial > 0 else []
+        concurrent = int(min(fits) + 1e-9) if fits else cfg.tune.num_samples
+    return max(1, min(concurrent, cfg.tune.num_samples))
 
 
 def _trial_resources(cfg: ExperimentConfig, cached: bool) -> tuple[dict[str, float], int | None]:
@@ -126,17 +166,19 @@ def _trial_resources(cfg: ExperimentConfig, cached: bool) -> tuple[dict[str, flo
 
 
 def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Sweep, pick on validation, evaluate the chosen threshold once on test, write the sweep's outputs."""
+    """Sweep, pick on validation, evaluate the chosen threshold once on test, write the sweep's outputs; with
+    tune.flip_budget, the budget's threshold instead (tune/budget.py: no trial, Ray not started)."""
     cfg = cfg.with_absolute_paths()
     method = method_of(cfg)
     if method.threshold != "tuned":
         tunable = ", ".join(m.name for m in STAGE2_METHODS.values() if m.threshold == "tuned")
         raise UserError(f"the sweep tunes a method's threshold; stage2.method {method.name!r} has none to tune "
                         f"(methods with a tuned threshold: {tunable})")  # fmt: skip
+    if cfg.tune.flip_budget is not None:
+        return run_flip_budget(cfg, method.name)
     load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)  # refuses empty classes
     source = FlipSource(cfg.layout)  # fails early without the inference job's outputs
-    space, num_samples, scheduler = _space(cfg)
-    lowest = min(cfg.tune.thresholds) if cfg.tune.scheduler == "grid" else cfg.tune.search_min
+    lowest = searched_range(cfg)[0]
     if lowest < source.lowest_threshold():
         raise UserError(f"threshold {lowest} is below what the saved inference outputs allow "
                         f"({source.lowest_threshold()}); save predictions or lower infer.candidates_t_min")  # fmt: skip
@@ -147,14 +189,15 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
         cached_features(cfg)
     ensure_ray(cfg.ray)
     resources, concurrent = _trial_resources(cfg, cached)
+    metric = "objective" if cached else f"val_{cfg.tune.objective}"
+    space, search_alg, num_samples, scheduler = _search(cfg, concurrent)
     tuner = tune.Tuner(
         tune.with_resources(head_trial if cached else trainer_trial, resources),
         # progress from trials as plain lines: concurrent trials' bars would take turns on the one status line
         param_space={"experiment": config_lib.to_dict(cfg), "threshold": space,
                      "display": replace(display(), bar=False).to_dict()},
-        tune_config=tune.TuneConfig(metric="objective" if cached else f"val_{cfg.tune.objective}", mode="max",
-                                    num_samples=num_samples, scheduler=scheduler, max_concurrent_trials=concurrent,
-                                    reuse_actors=cached),
+        tune_config=tune.TuneConfig(metric=metric, mode="max", search_alg=search_alg, num_samples=num_samples,
+                                    scheduler=scheduler, reuse_actors=cached),
         run_config=tune.RunConfig(name="tune", storage_path=str(cfg.layout.ray), verbose=0),
     )  # fmt: skip
     grid = tuner.fit()
@@ -174,7 +217,8 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
         log.warning("tune: chosen threshold %g: %s", chosen["threshold"], edge)
     final = _evaluate_chosen(cfg, chosen["threshold"], cached)
     report = {"threshold": chosen["threshold"], "objective": f"val_{cfg.tune.objective}", "chosen": chosen,
-              "edge_warning": edge, "searched": searched_range(cfg), "method": method.name,
+              "edge_warning": edge, "search": cfg.tune.search, "early_stop": cfg.tune.early_stop,
+              "searched": searched_range(cfg), "method": method.name,
               "backend": "features" if cached else "images", **final}  # fmt: skip
     _write_outputs(out, rows, report)
     storage.write_json(cfg.layout.chosen_threshold, report)
@@ -209,15 +253,15 @@ def choose(rows: list[dict[str, Any]], objective: str) -> dict[str, Any]:
 
 def searched_range(cfg: ExperimentConfig) -> list[float]:
     t = cfg.tune
-    return [min(t.thresholds), max(t.thresholds)] if t.scheduler == "grid" else [t.search_min, t.search_max]
+    return [min(t.thresholds), max(t.thresholds)] if t.search == "grid" else [t.search_min, t.search_max]
 
 
 def edge_warning(cfg: ExperimentConfig, threshold: float) -> str | None:
     """A message when `threshold` sits at an end of the searched range: the grid's lowest or highest value, or
     for a search within EDGE_SHARE of the range's ends. The best threshold may then lie outside the range."""
     low, high = searched_range(cfg)
-    margin = 0.0 if cfg.tune.scheduler == "grid" else EDGE_SHARE * (high - low)
-    keys = "tune.thresholds" if cfg.tune.scheduler == "grid" else "tune.search_min / tune.search_max"
+    margin = 0.0 if cfg.tune.search == "grid" else EDGE_SHARE * (high - low)
+    keys = "tune.thresholds" if cfg.tune.search == "grid" else "tune.search_min / tune.search_max"
     if threshold <= low + margin:
         return f"at the low edge of the searched range [{low:g}, {high:g}]: widen {keys}"
     if threshold >= high - margin:

@@ -143,8 +143,8 @@ def test_asha_sweep_over_a_range(lnr_run):
 
     # one trial at a time and a reduction factor of 4: from the second trial on, a trial below the best quarter
     # of those before it at epoch 1 or 2 is stopped there
-    tune_cfg = replace(lnr_run.tune, scheduler="asha", search_min=0.5, search_max=3.0, num_samples=6,
-                       grace_period=1, reduction_factor=4, max_concurrent=1)  # fmt: skip
+    tune_cfg = replace(lnr_run.tune, search="random", early_stop="asha", search_min=0.5, search_max=3.0,
+                       num_samples=6, grace_period=1, reduction_factor=4, max_concurrent=1)  # fmt: skip
     report = run_sweep(replace(lnr_run, tune=tune_cfg))
     out = Path(lnr_run.run_dir) / "tune"
     with open(out / "sweep.csv", newline="") as handle:
@@ -173,3 +173,25 @@ def test_another_method_in_the_same_folder_is_refused_not_resumed(lnr_run):
     other_threshold = replace(lnr_run, stage2=replace(lnr_run.stage2, threshold=ThresholdPolicy.fixed(2.5)))
     with pytest.raises(UserError, match="stage2.threshold, the flip table differ"):
         fit(other_threshold, "stage2")
+
+
+def test_optuna_sweep_proposes_inside_the_range_and_repeats_with_the_seed(lnr_run):
+    from dataclasses import replace
+
+    def proposals(**changes) -> list[tuple[str, str]]:
+        # rounds of 2: the first is TPE's random start, the second is proposed from the first round's results
+        settings = dict(search="optuna", search_min=0.5, search_max=3.0, num_samples=4, startup_trials=2,
+                        max_concurrent=2, epochs=2)  # fmt: skip
+        tune_cfg = replace(lnr_run.tune, **{**settings, **changes})
+        report = run_sweep(replace(lnr_run, tune=tune_cfg))
+        assert report["search"] == "optuna" and 0.5 <= report["threshold"] <= 3.0
+        with open(Path(lnr_run.run_dir) / "tune" / "sweep.csv", newline="") as handle:
+            return [(r["threshold"], r["status"]) for r in csv.DictReader(handle)]
+
+    first = proposals()
+    assert len(first) == 4 and all(0.5 <= float(t) <= 3.0 for t, _ in first)
+    assert len({t for t, _ in first}) == 4
+    assert proposals() == first
+    with_asha = proposals(early_stop="asha", reduction_factor=4, max_concurrent=1, num_samples=3)
+    assert len(with_asha) == 3 and all(0.5 <= float(t) <= 3.0 for t, _ in with_asha)
+    assert {status for _, status in with_asha} <= {"completed", "stopped at epoch 1"}

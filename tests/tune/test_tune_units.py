@@ -43,7 +43,7 @@ def test_edge_flag_on_the_grid_and_within_five_percent_of_a_searched_range():
     assert "high edge" in edge_warning(grid, 18.5) and "widen tune.thresholds" in edge_warning(grid, 18.5)
     assert "low edge" in edge_warning(grid, 10.5)
     assert edge_warning(grid, 14.5) is None and edge_warning(grid, 16.5) is None
-    asha = replace(CFG, tune=TuneConfig(scheduler="asha", search_min=0.0, search_max=20.0))
+    asha = replace(CFG, tune=TuneConfig(search="optuna", search_min=0.0, search_max=20.0))
     assert "high edge" in edge_warning(asha, 19.2) and "tune.search_min / tune.search_max" in edge_warning(
         asha, 19.2
     )
