@@ -133,7 +133,7 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
         tunable = ", ".join(m.name for m in STAGE2_METHODS.values() if m.threshold == "tuned")
         raise UserError(f"the sweep tunes a method's threshold; stage2.method {method.name!r} has none to tune "
                         f"(methods with a tuned threshold: {tunable})")  # fmt: skip
-    load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)  # refuses empty classes
+    load_train_split(cfg.data)  # refuses empty classes
     source = FlipSource(cfg.layout)  # fails early without the inference job's outputs
     space, num_samples, scheduler = _space(cfg)
     lowest = min(cfg.tune.thresholds) if cfg.tune.scheduler == "grid" else cfg.tune.search_min
