@@ -31,7 +31,25 @@ class Job:
     writes: str
 
     def __call__(self, cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:
+        record_label_noise(cfg)
         return self.run(cfg, out)
+
+
+def record_label_noise(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """With data.label_noise on, write what it does to the training labels (pattern, rate, realised rate,
+    per-class and [from, to, count] transitions) to <run_dir>/label_noise.json before the job runs; the clean
+    labels stay in the split file; with the noise off, a record left by an earlier run is removed. Returns the
+    record (None when the noise is off)."""
+    from .core import storage
+    from .data.splits import load_train_split, noise_record
+
+    cfg = cfg.with_absolute_paths()
+    if not cfg.data.label_noise.active:
+        cfg.layout.label_noise.unlink(missing_ok=True)
+        return None
+    record = noise_record(load_train_split(cfg.data), cfg.data.num_classes, transitions=True)
+    storage.write_json(cfg.layout.label_noise, record)
+    return record
 
 
 def _stage1(cfg: ExperimentConfig, out: str | None = None) -> dict[str, Any]:

@@ -79,7 +79,9 @@ def run_rounds(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
         raise UserError(f"tune.per_round: re-tuning each round's threshold trains heads on cached features, but "
                         f"method {method.name} runs on {backend}: set stage2.backend=features or "
                         "tune.per_round=false")  # fmt: skip
-    original = load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes).labels
+    original = load_train_split(
+        cfg.data
+    ).labels  # the training labels (with data.label_noise, the noisy ones)
     seed = FlipSource(
         cfg.layout
     ).seed  # round 1's flip seed (infer.seed or the seed); every round draws with it
@@ -200,7 +202,8 @@ def _run_round(
         results = fit(cfg, "stage2", out=layout.stage2, flips=(str(layout.cumulative_flips), threshold))
     counts = np.bincount(before, minlength=cfg.data.num_classes)
     after = table.counts_after(counts)
-    manifest = Manifest.from_labels(original, cfg.data.num_classes)  # groups of the dataset's labels
+    # groups of the dataset's labels (the clean counts under data.label_noise)
+    manifest = Manifest.of_split(load_train_split(cfg.data), cfg.data.num_classes)
     return {
         "threshold": threshold, "threshold_from": threshold_from, "seed": seed, "predicted_by": predicted_by,
         "num_flips": len(table), "cumulative_flips": len(total), "flips_sha256": storage.flip_table_sha256(table),

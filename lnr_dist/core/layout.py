@@ -10,6 +10,7 @@ A run folder (`run_dir`) holds one backbone's pipeline:
                              (trial_t<t>/tensorboard/: each trial's curves, one TensorBoard run per threshold)
     <run_dir>/features/      {train,val,test}.npy (+ pool.npy when data.unlabeled_split is set), meta.json
     <run_dir>/mine/          mined.csv, summary.json, precision_recall.png, mined_classes.png (`lnr-dist mine`)
+    <run_dir>/label_noise.json  data.label_noise's record (pattern, rate, realised rate, transitions), when on
     <run_dir>/stage2/        like stage1/ (the stage-2 job's default output)
     <run_dir>/ray/           Ray Train / Tune storage (worker logs, trial folders)
     <run_dir>/logs/          <command>.log: each `lnr-dist <command>`'s screen, Ray's own messages included
@@ -216,6 +217,12 @@ class RunLayout:
         """`lnr-dist <command>`'s screen on this run folder, appended per run, with what the screen leaves out
         (Ray's own messages; progress lines of a live bar)."""
         return self.root / "logs" / f"{command}.log"
+
+    @property
+    def label_noise(self) -> Path:
+        """What data.label_noise did to the training labels (data/splits.py noise_record), written by every job
+        when it is on."""
+        return self.root / "label_noise.json"
 
     # Ray and SLURM
     @property

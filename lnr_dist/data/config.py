@@ -2,11 +2,71 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .label_noise import asymmetric_targets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LabelNoiseConfig:
+    """`data.label_noise`: synthetic noise on the TRAINING labels (lnr_dist/data/label_noise.py has the
+    patterns and their sources); validation and test stay clean, the many/medium/few groups come from the clean
+    counts. Off when `pattern` is none or `rate` is 0.
+
+    `rate`: the probability that a training label changes, in [0, 1) (instance: the mean of the per-sample
+    rates). `seed`: the noise's own seed, the same for every training seed of `reproduce` (one noisy dataset,
+    several training runs). `class_map` (asymmetric only): {class: class it is flipped to}; the classes it leaves
+    out keep their labels; null: c -> (c + 1) mod C. `instance_side` (instance only): the features are each
+    training image resized to instance_side x instance_side RGB, pixels in [0, 1] (32: CIFAR's own pixels, as
+    Xia et al. use; decoding every training image once per process that loads the split).
+    """
+
+    pattern: Literal["none", "symmetric", "asymmetric", "instance"] = "none"
+    rate: float = 0.0
+    seed: int = 0
+    class_map: dict[str, int] | None = None
+    instance_side: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(
+                f"rate must be in [0, 1) (the share of training labels changed), got {self.rate}"
+            )
+        if self.pattern == "none" and self.rate > 0:
+            raise ValueError(
+                f"rate {self.rate} with pattern none: set data.label_noise.pattern (symmetric | asymmetric | "
+                "instance), or rate 0"
+            )
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.class_map is not None:
+            if self.pattern != "asymmetric":
+                raise ValueError(f"class_map is read by pattern asymmetric only (pattern is {self.pattern})")
+            bad = next((k for k in self.class_map if not str(k).strip().lstrip("-").isdigit()), None)
+            if bad is not None:
+                raise ValueError(f"class_map key {bad!r} is not a class index")
+        if self.instance_side < 1:
+            raise ValueError(f"instance_side must be >= 1, got {self.instance_side}")
+
+    @property
+    def active(self) -> bool:
+        return self.pattern != "none" and self.rate > 0
+
+    def mapping(self) -> dict[int, int] | None:
+        """class_map with integer keys (YAML and the config loader give string keys), or None."""
+        return None if self.class_map is None else {int(k): int(v) for k, v in self.class_map.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """pattern, rate, seed (+ class_map / instance_side where the pattern reads it), for summaries."""
+        extra = {
+            "asymmetric": {"class_map": self.class_map},
+            "instance": {"instance_side": self.instance_side},
+        }.get(self.pattern, {})
+        return {"pattern": self.pattern, "rate": self.rate, "seed": self.seed, **extra}
 
 
 @dataclass(frozen=True)
@@ -21,7 +81,7 @@ class DataConfig:
     over the ranks) for empty, truncated or non-image files, which DALI's CPU decoder may crash on.
     `unlabeled_split`: an unlabelled pool beside the labelled set (FixMatch, mining), a split file in the same
     format whose images are in no other split and whose labels no training step sees (lnr_dist/data/pool.py);
-    null for none.
+    null for none. `label_noise`: synthetic noise on the training labels (LabelNoiseConfig).
     """
 
     root: str
@@ -41,6 +101,7 @@ class DataConfig:
     skip_corrupt: bool = False
     dali_precheck: bool = True
     unlabeled_split: str | None = None
+    label_noise: LabelNoiseConfig = field(default_factory=LabelNoiseConfig)
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -60,6 +121,13 @@ class DataConfig:
                 "skip_corrupt needs loader: torch (a DALI pipeline stops at an undecodable image); "
                 "find such files first with `lnr-dist data check --config ... --decode`"
             )
+        if self.label_noise.class_map is not None:
+            try:
+                asymmetric_targets(self.num_classes, self.label_noise.mapping())
+            except ValueError as exc:
+                raise ValueError(
+                    f"label_noise.class_map: {exc} (data.num_classes = {self.num_classes})"
+                ) from exc
 
     @property
     def eval_resize(self) -> int:

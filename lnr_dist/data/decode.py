@@ -22,9 +22,15 @@ Where DALI refuses a file PIL reads, or reads it as another picture, `dali_disag
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from .splits import Split
 
 # PIL's format names of what DALI 2.4's CPU decoder reads (MPO: multi-picture JPEG, decoded as its first JPEG).
 DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "WEBP", "JPEG2000"})
@@ -71,3 +77,26 @@ def dali_disagreement(image: Image.Image) -> str | None:
             f"{image.mode}; the PyTorch loader reads them): convert it to PNG"
         )
     return None
+
+
+def pixel_features(split: Split, side: int, skip_corrupt: bool) -> np.ndarray:
+    """(N, side * side * 3) float32: each image of `split` decoded by `to_rgb`'s rule, resized to side x side
+    (PIL bilinear, antialiased when shrinking) and flattened in (row, column, channel) order, pixels / 255 in
+    [0, 1]: the per-sample features of the instance-dependent label noise (data/label_noise.py).
+
+    Raises UserError naming `file:line` for an image PIL cannot decode; with `skip_corrupt` its row stays 0.
+    """
+    rows = np.zeros((len(split), side * side * 3), dtype=np.float32)
+    for i in range(len(split)):
+        try:
+            rgb = load_rgb(split.full_path(i))
+        except Exception as exc:  # any decode failure is about this one file; say which
+            if skip_corrupt:
+                continue
+            raise UserError(
+                f"{split.where(i)}: cannot decode image {split.full_path(i)}: {exc} (data.label_noise.pattern "
+                "instance reads every training image; `lnr-dist data check --decode` lists every such image)"
+            ) from exc
+        pixels = np.asarray(rgb.resize((side, side), Image.BILINEAR), dtype=np.float32)
+        rows[i] = pixels.reshape(-1) / np.float32(255)
+    return rows

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import codecs
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..core.errors import UserError
 from ..lnr.validate import class_list, empty_classes
+from . import label_noise
+from .config import DataConfig, LabelNoiseConfig
 
 log = logging.getLogger(__name__)
 _NOTED_SLASHES: set[str] = set()  # split files whose leading-slash notice was logged in this process
+# the last instance-noise result of this process: (split file identity, config) -> noisy labels, as that pattern
+# decodes every training image and a process loads its training split several times (preflight, recipe, ...)
+_INSTANCE_MEMO: dict[tuple, np.ndarray] = {}
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,12 @@ class SplitProblem:
 
 @dataclass(frozen=True)
 class Split:
-    """A parsed split: `paths[i]` (relative to `root`) has label `labels[i]`; `lines[i]` is its line number."""
+    """A parsed split: `paths[i]` (relative to `root`) has label `labels[i]`; `lines[i]` is its line number.
+
+    A training split with data.label_noise on (`load_train_split`) has the noisy labels in `labels` (what every
+    loader, LNR and every method read), the file's labels in `clean_labels` (for the many/medium/few groups and
+    the noise summary, never for training) and the noise config in `noise`; both None for clean labels.
+    """
 
     name: str
     file: str
@@ -48,6 +59,8 @@ class Split:
     paths: tuple[str, ...]
     labels: np.ndarray
     lines: np.ndarray
+    clean_labels: np.ndarray | None = None
+    noise: LabelNoiseConfig | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -203,11 +216,62 @@ def load_split(file: str | Path, root: str | Path, num_classes: int | None, name
     return split
 
 
-def load_train_split(file: str | Path, root: str | Path, num_classes: int) -> Split:
-    """The training split of a job, refused (UserError) when a class has no training image: every job loads
-    its training split through here before any cluster time (see `empty_class_problem`)."""
-    split = load_split(file, root, num_classes, "train")
-    reason = empty_class_problem(split, num_classes)
+def load_train_split(data: DataConfig) -> Split:
+    """The training split of a job: the one place training labels come from. Refused (UserError) when a class
+    has no training image (see `empty_class_problem`); with data.label_noise on, its labels carry that noise
+    (`noisy_labels`) and a class the noise empties is refused too. Every job loads its training split through
+    here before any cluster time."""
+    split = load_split(data.train_split, data.root, data.num_classes, "train")
+    reason = empty_class_problem(split, data.num_classes)
     if reason is not None:
-        raise UserError(f"{file}: {reason}")
-    return split
+        raise UserError(f"{data.train_split}: {reason}")
+    if not data.label_noise.active:
+        return split
+    noisy = replace(
+        split, labels=noisy_labels(split, data), clean_labels=split.labels, noise=data.label_noise
+    )
+    emptied = empty_classes(np.bincount(noisy.labels, minlength=data.num_classes))
+    if emptied.size:
+        raise UserError(
+            f"{data.train_split}: data.label_noise ({data.label_noise.pattern}, rate {data.label_noise.rate}) "
+            f"leaves class(es) {class_list(emptied)} without a training label: lower data.label_noise.rate"
+        )
+    return noisy
+
+
+def noisy_labels(split: Split, data: DataConfig) -> np.ndarray:
+    """(N,) int64: the split's labels under data.label_noise (label_noise.py), row i keyed by dataset index i.
+    The instance pattern's features are the training images at instance_side^2 x 3 pixels in [0, 1]."""
+    noise, clean = data.label_noise, split.labels
+    if noise.pattern == "symmetric":
+        return label_noise.symmetric_noise(clean, data.num_classes, noise.rate, noise.seed)
+    if noise.pattern == "asymmetric":
+        targets = label_noise.asymmetric_targets(data.num_classes, noise.mapping())
+        return label_noise.asymmetric_noise(clean, targets, noise.rate, noise.seed)
+    file = Path(split.file).resolve()
+    stat = file.stat()
+    key = (str(file), stat.st_mtime_ns, stat.st_size, str(split.root), data.num_classes, repr(noise))
+    if key not in _INSTANCE_MEMO:
+        from .decode import pixel_features
+
+        features = pixel_features(split, noise.instance_side, data.skip_corrupt)
+        _INSTANCE_MEMO.clear()
+        _INSTANCE_MEMO[key] = label_noise.instance_noise(
+            clean, features, data.num_classes, noise.rate, noise.seed
+        )
+    return _INSTANCE_MEMO[key].copy()
+
+
+def noise_record(split: Split, num_classes: int, transitions: bool = False) -> dict[str, Any] | None:
+    """What a training split's noise is and did, for results.json and the run folder's label_noise.json: the
+    config (pattern, rate, seed, ...) and label_noise.noise_summary (realised_rate, noisy_from, noisy_to per
+    class); with `transitions`, the [from, to, count] rows too. None for clean labels."""
+    if split.noise is None or split.clean_labels is None:
+        return None
+    record = {
+        **split.noise.describe(),
+        **label_noise.noise_summary(split.clean_labels, split.labels, num_classes),
+    }
+    if transitions:
+        record["transitions"] = label_noise.noise_transitions(split.clean_labels, split.labels)
+    return record

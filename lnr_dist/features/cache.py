@@ -114,8 +114,9 @@ def head_inputs(cfg: ExperimentConfig, extract: bool = True) -> HeadInputs:
         features = cached_features(cfg)
     else:
         features = {name: np.load(cfg.layout.feature_file(name)) for name in SPLITS}
-    labels = {name: split.labels for name, split in load_splits(cfg).items()}
-    manifest = Manifest.from_labels(labels["train"], cfg.data.num_classes)
+    splits = load_splits(cfg)
+    labels = {name: split.labels for name, split in splits.items()}
+    manifest = Manifest.of_split(splits["train"], cfg.data.num_classes)
     return HeadInputs(features, labels, manifest, load_checkpoint(stage1_checkpoint(cfg))["model"])
 
 

@@ -36,7 +36,7 @@ from ..core.progress import progress
 from ..data.loader import LoaderSpec, build_loader
 from ..data.manifest import GROUPS, Manifest
 from ..data.sampling import shard_bounds
-from ..data.splits import load_train_split
+from ..data.splits import load_train_split, noise_record
 from ..experiment import ExperimentConfig
 from ..lnr import (
     ClassMoments,
@@ -80,7 +80,7 @@ def run_inference(
     """
     cfg = cfg.with_absolute_paths()
     cfg.check_global_batch("infer.batch_size")
-    split = load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
+    split = load_train_split(cfg.data)
     if labels is not None:
         given = np.load(labels)
         if given.shape != (len(split),) or given.min() < 0 or given.max() >= cfg.data.num_classes:
@@ -182,7 +182,7 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     seed = cfg.seed if icfg.seed is None else icfg.seed
     out = Path(loop_config.get("out") or cfg.layout.infer)
     lnr_round = int(loop_config.get("round", 1))
-    split = load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
+    split = load_train_split(cfg.data)
     num_samples, num_classes = len(split), cfg.data.num_classes
     # the labels LNR flips: the split's, or (iterated LNR) the labels the previous round left
     all_labels = split.labels if loop_config.get("labels") is None else np.load(loop_config["labels"])
@@ -250,7 +250,10 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
             )  # fmt: skip
             extra["candidates"] = {"file": str(out / "candidates.npz"), "t_min": icfg.candidates_t_min,
                                    "count": int(candidates[0].size), "dense_entries": num_samples * num_classes}  # fmt: skip
-        manifest = Manifest.from_labels(all_labels, num_classes)
+        # groups from the clean counts under data.label_noise (else from the labels this round flips)
+        manifest = Manifest.from_labels(
+            all_labels, num_classes, split.clean_labels, noise_record(split, num_classes)
+        )
         after = flips.counts_after(moments.counts)
         summary = build_summary(
             moments, flips, icfg.threshold, seed, inputs_sha, round=lnr_round,
@@ -265,6 +268,7 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
             pass_seconds_per_worker=[a.tolist() for a in pass_times],
             groups={g: {"before": int(moments.counts[manifest.group_classes(g)].sum()),
                         "after": int(after[manifest.group_classes(g)].sum())} for g in GROUPS},
+            train_labels_sha256=storage.sha256_arrays(all_labels), label_noise=noise_record(split, num_classes),
             augmentation_independent_of_workers=not (icfg.augment == "train" and cfg.data.loader == "dali"),
             **({"note": DALI_AUGMENT_NOTE} if icfg.augment == "train" and cfg.data.loader == "dali" else {}),
             **extra,

@@ -77,7 +77,7 @@ def check_before_submit(job: str, cfg: ExperimentConfig) -> None:
         )  # missing, damaged or foreign: one line
     elif job == "tune":
         method_of(cfg)
-        load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
+        load_train_split(cfg.data)
         FlipSource(cfg.layout)
 
 

@@ -179,6 +179,7 @@ def _markdown(
         "NLL in nats; ECE (T) after temperature scaling fitted on validation; – where a group has no class "
         "(many > 100, few < 20 training images). Threshold: the one the validation sweep chose.",
         "",
+        *_noise_lines(cfg, outcomes),
         "| method | seeds | top-1 | many | medium | few | ECE | ECE (T) | NLL | flips | threshold |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -255,6 +256,24 @@ def _rounds_markdown(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[
             cells.append(_cell(_mean_std(values) if values else None, digits, len(runs)))
         lines.append(f"| {method} | {number} | {len(runs)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _noise_lines(cfg: ExperimentConfig, outcomes: list) -> list[str]:
+    """One line (and a blank) saying what noise the training labels carry, from the first seed's
+    label_noise.json (RunLayout; the noise has its own seed, so every seed trains on the same labels); none for
+    clean labels."""
+    path = RunLayout(outcomes[0].folder).label_noise if outcomes else None
+    if not cfg.data.label_noise.active or path is None or not path.is_file():
+        return []
+    noise = json.loads(path.read_text())
+    return [
+        f"**The training labels carry {100 * noise['realised_rate']:.1f}% {noise['pattern']} noise** "
+        f"(data.label_noise: rate {noise['rate']:g}, seed {noise['seed']}; {noise['num_noisy']:,} of "
+        f"{noise['num_samples']:,} labels changed, the same in every seed; transitions in "
+        f"{path.parent.name}/{path.name}). Validation and test labels are clean; the many/medium/few groups come "
+        "from the clean training counts.",
+        "",
+    ]
 
 
 def _comparisons_markdown(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[str]:

@@ -114,7 +114,7 @@ def export_flipped_split(
         raise UserError(f"{' and '.join(existing)} exist(s): pass --force to overwrite")
     cfg = cfg.with_absolute_paths()
     cfg = replace(cfg, run_dir=str(_run_layout(cfg, seed).root))
-    split = load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)
+    split = load_train_split(cfg.data)  # the labels LNR flipped: with data.label_noise on, the noisy ones
     table, used, source = _choose(cfg, split.labels, threshold, method)
     index = np.arange(len(split), dtype=np.int64)
     new = split.labels if table is None else table.apply(index, split.labels)

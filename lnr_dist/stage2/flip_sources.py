@@ -52,6 +52,19 @@ class FlipSource:
             self.candidates, self.prior, _ = load_candidates(layout.infer_file("candidates.npz"))
         self.has_predictions = layout.infer_file("predictions.npy").is_file()
 
+    def check_labels(self, train_labels: np.ndarray) -> None:
+        """UserError when the inference job ran on other training labels than `train_labels` ((N,) int64; an
+        empty array skips the check): its predictions and flips belong to another split or data.label_noise.
+        Summaries written before the job recorded its labels' sha256 are taken as they are."""
+        expected = self.summary.get("train_labels_sha256")
+        if expected is None or not np.asarray(train_labels).size:
+            return
+        if storage.sha256_arrays(np.asarray(train_labels, dtype=np.int64)) != expected:
+            raise UserError(
+                f"{self.layout.infer_file('summary.json')}: the inference job ran on other training labels than "
+                "this run's (data.train_split or data.label_noise changed since): run `lnr-dist infer` again"
+            )
+
     def lowest_threshold(self) -> float:
         return -np.inf if self.has_predictions else (self.candidates.t_min if self.candidates else np.inf)
 
@@ -104,7 +117,9 @@ def _original(ctx: LabelContext) -> tuple[None, None]:
 
 
 def _lnr(ctx: LabelContext) -> tuple[FlipTable, float]:
-    return FlipSource(ctx.cfg.layout).at(ctx.threshold)
+    source = FlipSource(ctx.cfg.layout)
+    source.check_labels(ctx.train_labels)
+    return source.at(ctx.threshold)
 
 
 def _random_like_lnr(ctx: LabelContext) -> tuple[FlipTable, float]:

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from ..core.errors import UserError
 from ..data.manifest import GROUPS, Manifest
 from ..data.pool import KEY, load_pool
+from ..data.splits import load_train_split
 from ..experiment import ExperimentConfig, MiningConfig
 
 # The ways to rank a pool, in the order every table lists them: the method, then the three baselines.
@@ -257,7 +258,8 @@ def _annotated(
     the report (picked_report)."""
     pool = load_pool(cfg.data)
     truth = pool.annotate(picked)  # the annotator: the one read of pool labels
-    manifest = Manifest.from_labels(labels["train"], cfg.data.num_classes)
+    # the groups of the training split's clean counts (labels["train"] may carry data.label_noise)
+    manifest = Manifest.of_split(load_train_split(cfg.data), cfg.data.num_classes)
     return features["pool"][picked], truth, picked_report(picked, truth, manifest, how)
 
 

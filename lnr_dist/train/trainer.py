@@ -75,10 +75,11 @@ CSV_FIELDS = (
 
 
 def load_splits(cfg: ExperimentConfig) -> dict[str, Split]:
-    """The three splits; the training split through `load_train_split`, which refuses empty classes."""
+    """The three splits; the training split through `load_train_split`, which refuses empty classes and applies
+    data.label_noise (validation and test stay clean)."""
     data = cfg.data
     return {
-        "train": load_train_split(data.train_split, data.root, data.num_classes),
+        "train": load_train_split(data),
         "val": load_split(data.val_split, data.root, data.num_classes, "val"),
         "test": load_split(data.test_split, data.root, data.num_classes, "test"),
     }
@@ -119,6 +120,11 @@ def _check_resumable(cfg: ExperimentConfig, stage: str, out: Path, flips: dict[s
         if key not in ("epochs", "checkpoint")
         and saved[section].get(key, defaults[section].get(key)) != current[section].get(key)
     ]
+    # the labels it trained on: a checkpoint of other label noise is another run (data.label_noise, absent from
+    # checkpoints written before it existed, was off)
+    off = config_lib.to_dict(type(cfg.data.label_noise)())
+    if saved.get("data", {}).get("label_noise", off) != current["data"]["label_noise"]:
+        differences.append("data.label_noise")
     saved_flips = state.get("results_extra", {}).get("flips") or {}
     if flips is not None and saved_flips.get("flips_sha256") != flips.get("flips_sha256"):
         differences.append("the flip table")
@@ -147,7 +153,7 @@ def preflight(
         if missing is not None:
             raise UserError(f"{split.where(missing)}: missing file {split.full_path(missing)} ({name} split)")
     labels = splits["train"].labels
-    recipe = build_recipe(cfg, stage, Manifest.from_labels(labels, cfg.data.num_classes), labels, flips)
+    recipe = build_recipe(cfg, stage, Manifest.of_split(splits["train"], cfg.data.num_classes), labels, flips)
     report = recipe.checkpoint_extra.get("results_extra", {}).get("flips")
     _check_resumable(cfg, stage, out or cfg.layout.stage(stage), report)
     return splits
@@ -236,7 +242,7 @@ def _train(loop_config: dict[str, Any], closing: ExitStack) -> None:
     checkpoints = out / "checkpoints"
 
     splits = load_splits(cfg)
-    manifest = Manifest.from_labels(splits["train"].labels, cfg.data.num_classes)
+    manifest = Manifest.of_split(splits["train"], cfg.data.num_classes)
     torch.manual_seed(cfg.seed)  # the initial weights (rank 0's reach every rank through DDP) follow the seed
     override = loop_config.get("flips")
     recipe = build_recipe(

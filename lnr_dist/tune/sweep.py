@@ -176,7 +176,7 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
                         f"(methods with a tuned threshold: {tunable})")  # fmt: skip
     if cfg.tune.flip_budget is not None:
         return run_flip_budget(cfg, method.name)
-    load_train_split(cfg.data.train_split, cfg.data.root, cfg.data.num_classes)  # refuses empty classes
+    load_train_split(cfg.data)  # refuses empty classes
     source = FlipSource(cfg.layout)  # fails early without the inference job's outputs
     lowest = searched_range(cfg)[0]
     if lowest < source.lowest_threshold():

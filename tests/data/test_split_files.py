@@ -134,7 +134,7 @@ def test_reproduce_refuses_a_class_without_training_images(no_class_5, tmp_path)
     with pytest.raises(UserError, match="class\\(es\\) 5 of data.num_classes = 10 have no images"):
         reproduce(mini_experiment(no_class_5, tmp_path / "run"))
     with pytest.raises(UserError, match="class\\(es\\) 5 of"):
-        load_train_split(no_class_5 / "Mini_LT_train.txt", no_class_5, 10)
+        load_train_split(mini_data_config(no_class_5))
 
 
 def test_data_check_overrides_follow_the_rule_of_every_job(mini_root, tmp_path, capsys):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lnr_dist.cli import main
+from lnr_dist.core import config as config_lib
 from lnr_dist.core import storage
 from lnr_dist.core.errors import UserError
 from lnr_dist.data.config import DataConfig
@@ -83,7 +84,7 @@ def test_threshold_and_method(run, tmp_path):
 def test_cli_refuses_overwrite_and_names_what_to_do(run, tmp_path, capsys):
     cfg, _, _ = run
     config = tmp_path / "c.yaml"
-    config.write_text(json.dumps({"data": vars(cfg.data) | {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    config.write_text(json.dumps({"data": config_lib.to_dict(cfg.data)}))
     out = tmp_path / "f.txt"
     args = ["export", "--config", str(config), "--out", str(out), f"run_dir={cfg.run_dir}"]
     assert main(args) == 0
