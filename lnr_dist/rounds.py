@@ -79,12 +79,10 @@ def run_rounds(cfg: ExperimentConfig, folder: Path) -> dict[str, Any]:
         raise UserError(f"tune.per_round: re-tuning each round's threshold trains heads on cached features, but "
                         f"method {method.name} runs on {backend}: set stage2.backend=features or "
                         "tune.per_round=false")  # fmt: skip
-    original = load_train_split(
-        cfg.data
-    ).labels  # the training labels (with data.label_noise, the noisy ones)
-    seed = FlipSource(
-        cfg.layout
-    ).seed  # round 1's flip seed (infer.seed or the seed); every round draws with it
+    # the training labels (with data.label_noise, the noisy ones), and round 1's flip seed (infer.seed or the
+    # seed): every round draws with it
+    original = load_train_split(cfg.data).labels
+    seed = FlipSource(cfg.layout).seed
     first, threshold = stage2_flips(cfg, original)
     setup = _setup_key(cfg, backend, first)
     config_lib.save_resolved(cfg, folder)
