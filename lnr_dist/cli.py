@@ -294,8 +294,15 @@ def _run_stage(args: argparse.Namespace, stage: str) -> int:
     test, calibrated = results["test"], results["test_calibrated"]
     flips = results.get("flips")
     chosen_by = results.get("select_metric", cfg.tune.objective)  # a head on cached features picks on tune's
+    # best_epoch None: a method scored without training (e.g. a nearest-neighbour vote)
+    epoch, method = results.get("best_epoch"), results.get("method")
+    trained = (
+        f"best epoch {epoch} (by validation {chosen_by})"
+        if epoch is not None
+        else f"method {method} scored without training"
+    )
     print(
-        f"{stage} done: best epoch {results['best_epoch']} (by validation {chosen_by}); test top-1 "
+        f"{stage} done: {trained}; test top-1 "
         f"{test['top1']:.2f}, many {test['many']:.2f}, medium {test['medium']:.2f}, few {test['few']:.2f}, "
         f"ECE {test['ece']:.2f} -> {calibrated['ece']:.2f} and NLL {test['nll']:.3f} -> {calibrated['nll']:.3f} "
         f"after temperature scaling (T = {results['temperature']:.3f}, fitted on validation)"

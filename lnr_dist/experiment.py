@@ -516,6 +516,46 @@ class LoggingConfig:
     def __post_init__(self) -> None:
         if not self.log_every_s > 0:
             raise ValueError(f"logging.log_every_s must be > 0 seconds, got {self.log_every_s}")
+class NeighboursConfig:
+    """`neighbours:` — the methods that classify by nearest training neighbours on cached features (knn, ann,
+    wann, wann_lnr) and the linear probe on the same features (lnr_dist/stage2/neighbours.py; Di Salvo et al., "An
+    Embedding is Worth a Thousand Noisy Labels", TMLR 2025).
+
+    Features: the stage-1 features (features/) or, with `embeddings`, a .npz file holding `train`, `val` and `test`
+    arrays (N_split, D), row i = line i of that split file (e.g. a foundation model's embeddings); z-scored with the
+    training rows' statistics, then `projection` none | pca | lda | flda (filtered LDA: LDA fitted on the training
+    samples with k* < kmax) to `dim` dims (default: 200 for pca, C - 1 for lda / flda), then, with `metric`
+    cosine, scaled to unit length. kNN votes with `k` neighbours; ANN / WANN with the reliability k*, the smallest
+    odd k in [kmin, kmax) whose neighbours vote for a sample's own label (kmax if none); defaults k 11, kmin 11,
+    kmax 51: the reference code's. `backend`: the exact search (auto: torch on a GPU, else FAISS, else
+    scikit-learn; every backend gives the same lists). `workers`: Ray workers the queries are sharded over (each
+    ray.cpus_per_worker CPUs, and a GPU where ray.use_gpu allows); 0 searches in the calling process, without Ray.
+    """
+
+    k: int = 11
+    kmin: int = 11
+    kmax: int = 51
+    projection: Literal["none", "pca", "lda", "flda"] = "none"
+    dim: int | None = None
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    backend: Literal["auto", "faiss", "torch", "sklearn"] = "auto"
+    workers: int = 0
+    embeddings: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kmin < 1 or self.kmin > self.kmax or self.kmin % 2 == 0 or self.kmax % 2 == 0:
+            raise ValueError(
+                f"kmin ({self.kmin}) and kmax ({self.kmax}) must be odd with 1 <= kmin <= kmax: k* is the smallest "
+                "odd k in [kmin, kmax) whose neighbours vote for a sample's label, kmax if none (defaults 11 and 51)"
+            )
+        if self.k < 1:
+            raise ValueError(f"k (kNN's neighbours) must be >= 1, got {self.k}")
+        if self.dim is not None and self.dim < 1:
+            raise ValueError(f"dim must be >= 1 (or null: the projection's default), got {self.dim}")
+        if self.workers < 0:
+            raise ValueError(
+                f"workers must be >= 0 (0: search in this process, without Ray), got {self.workers}"
+            )
 
 
 @dataclass(frozen=True)
@@ -535,6 +575,7 @@ class ExperimentConfig:
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    neighbours: NeighboursConfig = field(default_factory=NeighboursConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**31:
@@ -589,9 +630,9 @@ class ExperimentConfig:
         model = replace(self.model, pretrained_path=absolute(self.model.pretrained_path))
         infer = replace(self.infer, checkpoint=absolute(self.infer.checkpoint))
         stage2 = replace(self.stage2, checkpoint=absolute(self.stage2.checkpoint))
-        return replace(
-            self, data=data, model=model, infer=infer, stage2=stage2, run_dir=absolute(self.run_dir)
-        )
+        neighbours = replace(self.neighbours, embeddings=absolute(self.neighbours.embeddings))
+        return replace(self, data=data, model=model, infer=infer, stage2=stage2, neighbours=neighbours,
+                       run_dir=absolute(self.run_dir))  # fmt: skip
 
     @property
     def layout(self) -> RunLayout:

@@ -18,6 +18,7 @@ PACKAGE = REPO / "lnr_dist"
 # (and from itself). Units on one floor are siblings and do not import each other.
 FLOORS = {
     "lnr": 0,  # pure maths
+    "neighbours": 0,  # pure maths: exact nearest-neighbour search, kNN / ANN / WANN votes
     "core": 1,  # config, storage, logs, errors, dist, plots, synthetic
     "data": 2,
     "models": 2,

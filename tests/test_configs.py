@@ -130,7 +130,7 @@ def test_printed_config_round_trips_as_a_config(capsys, tmp_path, path):
     original = load_config(ExperimentConfig, path)
     assert list(data) == [
         "data", "model", "run_dir", "seed", "tensorboard", "stage1", "infer", "stage2", "tune", "ray", "fault",
-        "reproduce", "mining", "logging",
+        "reproduce", "mining", "logging", "neighbours",
     ]  # fmt: skip
     assert "!!python" not in text and isinstance(data["tune"]["thresholds"], list)
     assert "warmup_epochs" in data["stage2"] and "dali_precheck" in data["data"]  # defaults are there

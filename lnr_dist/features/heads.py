@@ -162,6 +162,42 @@ def _train_head(
     return result
 
 
+def fresh_classifier(dim: int, num_classes: int, seed: int) -> dict[str, torch.Tensor]:
+    """A new linear layer's weights (C, D) and bias (C,) as torch initialises nn.Linear, from `seed` (the global
+    random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer = nn.Linear(dim, num_classes)
+    return {"classifier.weight": layer.weight.detach(), "classifier.bias": layer.bias.detach()}
+
+
+def fresh_head_fitter(
+    s2: Stage2Config,
+    method: Stage2Method,
+    manifest: Manifest,
+    labels: dict[str, np.ndarray],
+    seed: int,
+    objective: str,
+    tensorboard: Path | None = None,
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """The `fit_head` a method's predict hook receives (stage2/registry.py FitHead): (train (N, D), val, test
+    float32 rows) -> `method`'s head trained from a fresh linear layer (fresh_classifier) on train with
+    labels["train"], the epoch picked on validation `objective`, and its (val, test) logits (n, C) float32 with
+    {"best_epoch": e}. `tensorboard`: as train_head's."""
+
+    def fit(
+        train: np.ndarray, val: np.ndarray, test: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        classifier = fresh_classifier(train.shape[1], manifest.num_classes, seed)
+        result = train_head(s2, method, s2.epochs, manifest, {"train": train, "val": val}, labels, classifier, None,
+                            seed, objective, tensorboard=tensorboard)  # fmt: skip
+        with torch.no_grad():
+            val_logits, test_logits = (result.head(torch.from_numpy(x)).numpy() for x in (val, test))
+        return val_logits, test_logits, {"best_epoch": result.best_epoch}
+
+    return fit
+
+
 def evaluate_head(
     head: Head, features: dict[str, np.ndarray], labels: dict[str, np.ndarray], manifest: Manifest
 ):

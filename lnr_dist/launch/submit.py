@@ -156,9 +156,13 @@ def _check_pipeline(cfg: ExperimentConfig) -> None:
     from ..stage2.registry import method_of
 
     method = method_of(cfg)
-    if method.threshold != "tuned":
-        raise UserError(f"launch pipeline runs the threshold sweep, but stage2.method {method.name!r} has no threshold "
-                        "to tune: launch stage1 and stage2 one by one, or pick a method with a tuned threshold")  # fmt: skip
+    if not method.sweepable:
+        why = (
+            "is scored without a trained head" if method.threshold == "tuned" else "has no threshold to tune"
+        )
+        raise UserError(f"launch pipeline runs the threshold sweep, but stage2.method {method.name!r} {why}: "
+                        "launch stage1 and stage2 one by one, or pick a method whose threshold the sweep tunes "
+                        "(e.g. lnr)")  # fmt: skip
     if cfg.stage2.threshold.policy == "infer":
         raise UserError("launch pipeline runs the sweep before stage 2, but stage2.threshold.policy is infer (the "
                         "inference job's flips): set stage2.threshold.policy=tuned to train on the sweep's choice, "

@@ -63,13 +63,16 @@ class SeedRun:
 
 
 def sweep_method(cfg: ExperimentConfig) -> Stage2Method:
-    """The method the sweep step tunes: stage2.method when its threshold is tuned, else the first reproduced
-    method with a tuned threshold. Its chosen threshold serves every tuned method on that backbone."""
+    """The method the sweep step tunes: stage2.method when the sweep can tune it (Stage2Method.sweepable), else
+    the first such reproduced method, else the first such registered one (a method scored without a trained head,
+    e.g. wann_lnr, has its threshold chosen for it). Its chosen threshold serves every tuned method on that
+    backbone."""
     configured = STAGE2_METHODS[cfg.stage2.method]
-    if configured.threshold == "tuned":
+    if configured.sweepable:
         return configured
     methods = [STAGE2_METHODS[n] for n in cfg.reproduce.methods]
-    return next((m for m in methods if m.threshold == "tuned"), configured)
+    fallback = next((m for m in STAGE2_METHODS.values() if m.sweepable), configured)
+    return next((m for m in methods if m.sweepable), fallback)
 
 
 def steps_of(method: Stage2Method, cfg: ExperimentConfig) -> list[Step]:

@@ -194,6 +194,9 @@ def _markdown(
         cells += [_cell(entry["nll"], 3, n), _cell(entry["num_flips"], 1, n), _cell(entry["threshold"], 2, n)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Methods: " + "; ".join(f"**{m}** {STAGE2_METHODS[m].description}" for m in table), ""]
+    notes = _notes(outcomes, list(table))
+    if notes:
+        lines += ["Notes:", *(f"- **{method}**: {text}" for method, text in notes), ""]
     for outcome in outcomes:
         chosen = RunLayout(outcome.folder).chosen_threshold
         edge = json.loads(chosen.read_text()).get("edge_warning") if chosen.is_file() else None
@@ -274,6 +277,16 @@ def _noise_lines(cfg: ExperimentConfig, outcomes: list) -> list[str]:
         "from the clean training counts.",
         "",
     ]
+def _notes(outcomes: list, methods: list[str]) -> list[tuple[str, str]]:
+    """(method, note) for the `notes` of each method's results.json, over the seeds, each once."""
+    found: list[tuple[str, str]] = []
+    for method in methods:
+        for outcome in outcomes:
+            results = outcome.methods[method] / "results.json"
+            for text in json.loads(results.read_text()).get("notes", []) if results.is_file() else []:
+                if (method, text) not in found:
+                    found.append((method, text))
+    return found
 
 
 def _comparisons_markdown(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[str]:

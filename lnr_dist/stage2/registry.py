@@ -12,6 +12,8 @@ A method declares what it trains on and how:
   `sampler` (random, mean or reverse of data/sampling.py, or config: stage2.sampler), `lws` (the head:
   classifier + learnable weight scaling), `resample` (cached features only: e.g. SMOTE), `extra_train`
   (cached features only: annotated samples added to the labelled training set, e.g. mined pool images);
+- `predict` (cached features only): the method's scores without the head `train_head` trains, e.g. the votes of
+  nearest neighbours (knn, ann, wann, wann_lnr) or a fresh linear probe (stage2/neighbours.py);
 - `needs_pool`: it reads the unlabelled pool (data.unlabeled_split); `check`: its own input checks, run before
   any work; `sections`: config sections its result depends on besides stage2 and its shared steps' (for
   `reproduce`'s resumable steps);
@@ -41,9 +43,16 @@ from ..data.manifest import Manifest
 from ..data.sampling import SAMPLER_POWERS, Sampler, keep_probabilities
 from ..experiment import ExperimentConfig, Stage2Config, ThresholdPolicy, TrainConfig
 from ..lnr import FlipTable
-from ..models.losses import BiasCompensation, FixMatchConsistency, LabelAwareSmoothing, smoothing_per_class
+from ..models.losses import (
+    BiasCompensation,
+    CrossEntropy,
+    FixMatchConsistency,
+    LabelAwareSmoothing,
+    smoothing_per_class,
+)
 from .flip_sources import LNR_FLIPS, ORIGINAL_LABELS, RANDOM_FLIPS, LabelContext, LabelPolicy, tuned_threshold
 from .mining import check_budget, mined_from_pool, random_from_pool
+from .neighbours import FitHead, ann, check_adaptive, check_knn, check_probe, knn, linear_probe, wann
 from .oversample import adasyn, smote
 
 Backend = Literal["images", "features"]
@@ -57,6 +66,14 @@ ExtraTrain = Callable[
     [ExperimentConfig, Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
     tuple[np.ndarray, np.ndarray, dict[str, Any]],
 ]
+# (cfg, features by split: train, val, test (+ pool), (N, D) float32; labels by split, (N,) int64, train's the
+# method's own (its label policy's flips applied); fit_head) -> (val logits (N_val, C) float32, test logits
+# (N_test, C) float32, fields results.json records beside the metrics (JSON-able)): a method scored without
+# train_head's head. Logits: what the metrics, temperature scaling and test_logits.npz read (softmax per row).
+Predict = Callable[
+    [ExperimentConfig, Mapping[str, np.ndarray], Mapping[str, np.ndarray], FitHead],
+    tuple[np.ndarray, np.ndarray, dict[str, Any]],
+]
 POOL_KEY = "data.unlabeled_split"
 
 
@@ -66,6 +83,11 @@ def label_aware_smoothing(s2: Stage2Config, manifest: Manifest) -> nn.Module:
     return LabelAwareSmoothing(
         smoothing_per_class(manifest.class_counts, s2.smooth_head, s2.smooth_tail, s2.smooth_profile)
     )
+
+
+def cross_entropy(s2: Stage2Config, manifest: Manifest) -> nn.Module:
+    """Plain cross-entropy (the linear probe's loss)."""
+    return CrossEntropy()
 
 
 def bias_compensation(train: TrainConfig, manifest: Manifest) -> nn.Module:
@@ -179,6 +201,7 @@ class Stage2Method:
     stage1: str = "mixup"
     retrain: bool = True
     unlabeled: UnlabeledFactory | None = None
+    predict: Predict | None = None
 
     def __post_init__(self) -> None:
         if self.stage1 not in BACKBONES:
@@ -191,11 +214,14 @@ class Stage2Method:
             raise ValueError(
                 f"method {self.name}: unknown sampler {self.sampler!r}; valid: config, {', '.join(SAMPLER_POWERS)}"
             )
-        for hook in ("resample", "extra_train"):
+        for hook in ("resample", "extra_train", "predict"):
             if getattr(self, hook) is not None and self.backends != ("features",):
                 raise ValueError(
                     f"method {self.name}: {hook} works on cached features: backends must be ('features',)"
                 )
+        if self.predict is not None and (self.resample is not None or self.extra_train is not None):
+            raise ValueError(f"method {self.name}: predict scores the labelled split as it is; it takes no "
+                             "resample or extra_train step")  # fmt: skip
         if self.unlabeled is not None and (self.backends != ("images",) or not self.needs_pool):
             raise ValueError(
                 f"method {self.name}: an unlabelled part augments images of the pool: backends must be "
@@ -213,6 +239,12 @@ class Stage2Method:
         if self.check is not None:
             self.check(cfg)
 
+    @property
+    def sweepable(self) -> bool:
+        """Whether `lnr-dist tune` can sweep this method's threshold: tuned, and a head trained per threshold (a
+        method with `predict`, e.g. wann_lnr, runs at the threshold a sweepable method's sweep chose)."""
+        return self.threshold == "tuned" and self.predict is None
+
     def sampler_of(self, s2: Stage2Config) -> Sampler:
         """The sampler this method trains with: its own, or stage2.sampler when it declares config."""
         return s2.sampler if self.sampler == "config" else self.sampler
@@ -222,7 +254,8 @@ class Stage2Method:
 
     def rounds_of(self, s2: Stage2Config) -> int:
         """Rounds of iterated LNR this method runs: stage2.rounds when its label policy iterates, else 1."""
-        return s2.rounds if self.retrain and self.labels.iterates else 1
+        # a method scored by its predict hook has no head to predict the next round with
+        return s2.rounds if self.retrain and self.labels.iterates and self.predict is None else 1
 
     def backend(self, s2: Stage2Config, purpose: Literal["run", "sweep"] = "run") -> Backend:
         """Where this method trains. An explicit stage2.backend it supports wins; auto is cached features for the
@@ -381,6 +414,53 @@ for _method in (
         needs_pool=True,
         check=check_budget,
         sections=("mining",),
+    ),
+    # Nearest neighbours on cached features (WANN, TMLR 2025; stage2/neighbours.py): no head is trained, the vote
+    # shares are the scores; the linear probe is the paper's baseline on the same rows (neighbours: section).
+    Stage2Method(
+        "knn",
+        "kNN vote of the neighbours.k nearest training samples on z-scored cached features",
+        backends=("features",),
+        predict=knn,
+        check=check_knn,
+        sections=("neighbours",),
+    ),
+    Stage2Method(
+        "ann",
+        "ANN: kNN with the reliability k* of the nearest training sample (kmin..kmax)",
+        backends=("features",),
+        predict=ann,
+        check=check_adaptive,
+        sections=("neighbours",),
+    ),
+    Stage2Method(
+        "wann",
+        "WANN: ANN with each neighbour's vote weighted by its reliability 1/k*",
+        backends=("features",),
+        predict=wann,
+        check=check_adaptive,
+        sections=("neighbours",),
+    ),
+    Stage2Method(
+        "wann_lnr",
+        "WANN with reliability and votes on LNR's flipped labels at the tuned threshold",
+        LNR_FLIPS,
+        "tuned",
+        backends=("features",),
+        predict=wann,
+        check=check_adaptive,
+        sections=("neighbours",),
+    ),
+    Stage2Method(
+        "linear_probe",
+        "a fresh linear layer, cross-entropy, instance sampling, no LWS, on the neighbour methods' features",
+        backends=("features",),
+        loss=cross_entropy,
+        sampler="random",
+        lws=False,
+        predict=linear_probe,
+        check=check_probe,
+        sections=("neighbours",),
     ),
 ):
     register(_method)

@@ -170,10 +170,11 @@ def run_sweep(cfg: ExperimentConfig) -> dict[str, Any]:
     tune.flip_budget, the budget's threshold instead (tune/budget.py: no trial, Ray not started)."""
     cfg = cfg.with_absolute_paths()
     method = method_of(cfg)
-    if method.threshold != "tuned":
-        tunable = ", ".join(m.name for m in STAGE2_METHODS.values() if m.threshold == "tuned")
-        raise UserError(f"the sweep tunes a method's threshold; stage2.method {method.name!r} has none to tune "
-                        f"(methods with a tuned threshold: {tunable})")  # fmt: skip
+    if not method.sweepable:
+        tunable = ", ".join(m.name for m in STAGE2_METHODS.values() if m.sweepable)
+        why = "is scored without a trained head" if method.threshold == "tuned" else "has none to tune"
+        raise UserError(f"the sweep tunes a method's threshold; stage2.method {method.name!r} {why} (methods "
+                        f"whose threshold the sweep tunes: {tunable}; the others run at its choice)")  # fmt: skip
     if cfg.tune.flip_budget is not None:
         return run_flip_budget(cfg, method.name)
     load_train_split(cfg.data)  # refuses empty classes
