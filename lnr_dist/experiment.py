@@ -516,6 +516,9 @@ class LoggingConfig:
     def __post_init__(self) -> None:
         if not self.log_every_s > 0:
             raise ValueError(f"logging.log_every_s must be > 0 seconds, got {self.log_every_s}")
+
+
+@dataclass(frozen=True)
 class NeighboursConfig:
     """`neighbours:` — the methods that classify by nearest training neighbours on cached features (knn, ann,
     wann, wann_lnr) and the linear probe on the same features (lnr_dist/stage2/neighbours.py; Di Salvo et al., "An

@@ -277,6 +277,8 @@ def _noise_lines(cfg: ExperimentConfig, outcomes: list) -> list[str]:
         "from the clean training counts.",
         "",
     ]
+
+
 def _notes(outcomes: list, methods: list[str]) -> list[tuple[str, str]]:
     """(method, note) for the `notes` of each method's results.json, over the seeds, each once."""
     found: list[tuple[str, str]] = []
