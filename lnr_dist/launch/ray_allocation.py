@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,17 +51,28 @@ class TaskPlace:
     gpus: int
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports. The sockets stay bound until all are chosen: a port asked for one at a time
+    can come back twice once its socket is closed (a requeued job's head once got one port for two components,
+    and `ray start` refused it)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
-def _port_flags(rank: int) -> list[str]:
-    """Fixed flags for every port a raylet opens: free ports now, and a private worker-port range per rank."""
-    names = ("node-manager", "object-manager", "metrics-export", "runtime-env-agent", "dashboard-agent-grpc",
-             "dashboard-agent-listen")  # fmt: skip
-    flags = [f"--{name}-port={_free_port()}" for name in names]
+_PORT_NAMES = ("node-manager", "object-manager", "metrics-export", "runtime-env-agent", "dashboard-agent-grpc",
+               "dashboard-agent-listen")  # fmt: skip
+
+
+def _port_flags(rank: int, head: bool = False) -> list[str]:
+    """Fixed flags for every port a raylet opens (and the head's GCS port): distinct free ports now, and a
+    private worker-port range per rank."""
+    ports = _free_ports(len(_PORT_NAMES) + head)
+    flags = [f"--{name}-port={port}" for name, port in zip(_PORT_NAMES, ports, strict=False)]
+    if head:
+        flags.append(f"--port={ports[-1]}")
     low = 20000 + 1000 * (rank % 40)
     return [*flags, f"--min-worker-port={low}", f"--max-worker-port={low + 999}"]
 
@@ -146,9 +157,8 @@ def ray_allocation(place: TaskPlace, share: Path, timeout: float = 180.0) -> Ite
     if place.rank == 0:
         for stale in (head_file, done_file):
             stale.unlink(missing_ok=True)
-        port = _free_port()
-        node = _RayNode(["--head", f"--port={port}", "--include-dashboard=false", *resources,
-                         *_port_flags(0)], temp_dir, share / "ray-head.log")  # fmt: skip
+        node = _RayNode(["--head", "--include-dashboard=false", *resources, *_port_flags(0, head=True)],
+                        temp_dir, share / "ray-head.log")  # fmt: skip
         try:
             address_file = temp_dir / "ray_current_cluster"  # written once the head really serves
             _wait("Ray head", address_file.is_file, node, timeout)

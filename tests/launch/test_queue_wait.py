@@ -61,3 +61,16 @@ def test_a_forgotten_job_and_a_silent_controller_read_differently(monkeypatch, s
     Done.stderr = stderr
     monkeypatch.setattr(submit.subprocess, "run", lambda *a, **k: Done())
     assert submit.queue_state("7") == state
+
+
+def test_a_raylet_gets_distinct_ports_for_every_component():
+    """Each port flag of `ray start` names its own port: ports picked one at a time could come back twice, and
+    `ray start` then refuses to start (a requeued job's head failed so in CI)."""
+    from lnr_dist.launch.ray_allocation import _free_ports, _port_flags
+
+    assert len(set(_free_ports(200))) == 200
+    for head in (False, True):
+        flags = _port_flags(3, head=head)
+        ports = [f.split("=")[1] for f in flags if "worker-port" not in f]
+        assert len(ports) == 6 + head and len(set(ports)) == len(ports)
+        assert any(f.startswith("--port=") for f in flags) == head
