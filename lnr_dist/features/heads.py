@@ -98,68 +98,52 @@ def train_head(
     each epoch's mean training loss, last LR, feature rows per second and validation metrics go there as
     TensorBoard scalars (train/scalars.py; a head always trains from epoch 0, so earlier curves are replaced)."""
     with EpochScalars(tensorboard) as scalars:
-        return _train_head(s2, method, epochs, manifest, features, labels, classifier, flips, seed, objective,
-                           on_epoch, scalars)  # fmt: skip
-
-
-def _train_head(
-    s2: Stage2Config,
-    method: Stage2Method,
-    epochs: int,
-    manifest: Manifest,
-    features: dict[str, np.ndarray],
-    labels: dict[str, np.ndarray],
-    classifier: dict[str, torch.Tensor],
-    flips: FlipTable | None,
-    seed: int,
-    objective: str,
-    on_epoch: Callable[[int, dict[str, Any]], None] | None,
-    scalars: EpochScalars,
-) -> HeadResult:
-    torch.manual_seed(seed)
-    train_labels = labels["train"]
-    targets = flips.apply(np.arange(train_labels.size), train_labels) if flips is not None else train_labels
-    x, y = torch.from_numpy(features["train"]), torch.from_numpy(targets)
-    x_val, y_val = torch.from_numpy(features["val"]), torch.from_numpy(labels["val"])
-    lws = method.uses_lws(s2)
-    head = Head(classifier["classifier.weight"], classifier["classifier.bias"], lws)
-    optimizer = build_optimizer(head_param_groups(s2, head.classifier, head.scaling if lws else None), s2)
-    steps = math.ceil(len(y) / s2.batch_size)
-    # `epochs` may be the sweep's shorter tune.epochs: the schedule spans the epochs actually run
-    schedule = s2 if epochs == s2.epochs else replace(s2, epochs=epochs)
-    scheduler = build_lr_scheduler(optimizer, schedule, steps)
-    loss_fn, sampler = method.loss(s2, manifest), method.sampler_of(s2)
-    result = HeadResult(head, -1, {objective: -math.inf})
-    best_state = copy.deepcopy(head.state_dict())
-    for epoch in range(epochs):
-        set_loss_epoch(loss_fn, epoch, epochs)
-        order = sampler_order(train_labels, sampler, seed, epoch)
-        head.train()
-        loss_sum, started = 0.0, time.perf_counter()
-        for start in range(0, len(order), s2.batch_size):
-            rows = torch.from_numpy(order[start : start + s2.batch_size])
-            loss = loss_fn(head(x[rows]), y[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(rows)
-        seconds = time.perf_counter() - started
-        head.eval()
-        with torch.no_grad():
-            metrics = metrics_at(head(x_val), y_val, manifest)
-        metrics = {k: v for k, v in metrics.items() if k != "per_class_acc"}
-        result.history.append({"epoch": epoch, **metrics})
-        scalars.write(epoch, {"train_loss": loss_sum / max(len(order), 1), "lr": optimizer.param_groups[0]["lr"],
-                              "images_per_second": len(order) / max(seconds, 1e-9),
-                              **{f"val_{k}": v for k, v in metrics.items()}})  # fmt: skip
-        if metrics[objective] > result.best[objective]:
-            result.best_epoch, result.best = epoch, metrics
-            best_state = copy.deepcopy(head.state_dict())
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    head.load_state_dict(best_state)
-    return result
+        torch.manual_seed(seed)
+        train_labels = labels["train"]
+        targets = (
+            flips.apply(np.arange(train_labels.size), train_labels) if flips is not None else train_labels
+        )
+        x, y = torch.from_numpy(features["train"]), torch.from_numpy(targets)
+        x_val, y_val = torch.from_numpy(features["val"]), torch.from_numpy(labels["val"])
+        lws = method.uses_lws(s2)
+        head = Head(classifier["classifier.weight"], classifier["classifier.bias"], lws)
+        optimizer = build_optimizer(head_param_groups(s2, head.classifier, head.scaling if lws else None), s2)
+        steps = math.ceil(len(y) / s2.batch_size)
+        # `epochs` may be the sweep's shorter tune.epochs: the schedule spans the epochs actually run
+        schedule = s2 if epochs == s2.epochs else replace(s2, epochs=epochs)
+        scheduler = build_lr_scheduler(optimizer, schedule, steps)
+        loss_fn, sampler = method.loss(s2, manifest), method.sampler_of(s2)
+        result = HeadResult(head, -1, {objective: -math.inf})
+        best_state = copy.deepcopy(head.state_dict())
+        for epoch in range(epochs):
+            set_loss_epoch(loss_fn, epoch, epochs)
+            order = sampler_order(train_labels, sampler, seed, epoch)
+            head.train()
+            loss_sum, started = 0.0, time.perf_counter()
+            for start in range(0, len(order), s2.batch_size):
+                rows = torch.from_numpy(order[start : start + s2.batch_size])
+                loss = loss_fn(head(x[rows]), y[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.item() * len(rows)
+            seconds = time.perf_counter() - started
+            head.eval()
+            with torch.no_grad():
+                metrics = metrics_at(head(x_val), y_val, manifest)
+            metrics = {k: v for k, v in metrics.items() if k != "per_class_acc"}
+            result.history.append({"epoch": epoch, **metrics})
+            scalars.write(epoch, {"train_loss": loss_sum / max(len(order), 1), "lr": optimizer.param_groups[0]["lr"],
+                                  "images_per_second": len(order) / max(seconds, 1e-9),
+                                  **{f"val_{k}": v for k, v in metrics.items()}})  # fmt: skip
+            if metrics[objective] > result.best[objective]:
+                result.best_epoch, result.best = epoch, metrics
+                best_state = copy.deepcopy(head.state_dict())
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+        head.load_state_dict(best_state)
+        return result
 
 
 def fresh_classifier(dim: int, num_classes: int, seed: int) -> dict[str, torch.Tensor]:
