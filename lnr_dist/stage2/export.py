@@ -62,8 +62,8 @@ def _choose(
 ) -> tuple[FlipTable | None, float | None, str]:
     """(flip table, threshold, what chose it)."""
     if method is not None:
+        method_of(cfg)  # imports stage2.plugins first, so a plugin's method can be named
         chosen = get_method(method, "--method")
-        method_of(cfg)  # imports stage2.plugins, so a plugin's method can be named
         table, used = stage2_flips(chosen.run_config(cfg), labels)
         return table, used, f"method {method}"
     source = FlipSource(cfg.layout)
