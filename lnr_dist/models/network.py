@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet50, resnet152
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from torchvision.models.resnet import ResNet
+
+# torchvision is imported where a ResNet is built, not here: importing it imports torch._dynamo (through
+# torchvision.ops), about 1 s and 200 MiB in every Ray worker, and the small_cnn / resnet32 recipes never use it
 
 Arch = Literal["small_cnn", "resnet32", "resnet10", "resnet50", "resnet152", "resnet152_places"]
 
@@ -209,6 +213,8 @@ class PlacesTrunk(nn.Module):
         self.frozen = nn.Sequential(*(list(pretrained.children())[:-2]))
         for p in self.frozen.parameters():
             p.requires_grad_(False)
+        from torchvision.models.resnet import Bottleneck
+
         self.extra = Bottleneck(2048, 512, downsample=None)
         self.out_dim = 2048
 
@@ -233,6 +239,8 @@ def _load_pretrained_resnet152(path: str) -> ResNet:
         raise UserError(
             f"model.pretrained_path: {path} not found (an ImageNet ResNet-152 torchvision state dict)"
         )
+    from torchvision.models import resnet152
+
     state = torch.load(file, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -253,12 +261,13 @@ def build_model(cfg: ModelConfig, num_classes: int) -> Network:
         trunk = SmallCNN()
     elif cfg.arch == "resnet32":
         trunk = CifarResNet(5)
-    elif cfg.arch == "resnet10":
-        trunk = TorchvisionTrunk(ResNet(BasicBlock, [1, 1, 1, 1]))
-    elif cfg.arch == "resnet50":
-        trunk = TorchvisionTrunk(resnet50(weights=None))
-    elif cfg.arch == "resnet152":
-        trunk = TorchvisionTrunk(resnet152(weights=None))
+    elif cfg.arch in ("resnet10", "resnet50", "resnet152"):
+        from torchvision.models import resnet50, resnet152
+        from torchvision.models.resnet import BasicBlock, ResNet
+
+        net = {"resnet10": lambda: ResNet(BasicBlock, [1, 1, 1, 1]), "resnet50": lambda: resnet50(weights=None),
+               "resnet152": lambda: resnet152(weights=None)}[cfg.arch]()  # fmt: skip
+        trunk = TorchvisionTrunk(net)
     else:
         trunk = PlacesTrunk(_load_pretrained_resnet152(cfg.pretrained_path or ""))
     return Network(trunk, trunk.out_dim, num_classes)
