@@ -590,7 +590,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lnr-dist {args.command}: failed: {exc}", file=sys.stderr)
         return 1
     finally:
+        if argv is None and "ray" in sys.modules:  # the process ends here (in-process callers keep their Ray)
+            _stop_ray_behind_the_screen()
         logs.uninstall_screen()
+
+
+def _stop_ray_behind_the_screen() -> None:
+    """ray.shutdown() while the Screen still filters: Ray forwards its actors' last lines as it stops (e.g. the
+    PlacementGroupCleaner's "Failed to query" warning), which would otherwise reach the bare terminal at exit."""
+    import ray
+
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception as exc:  # the command's outcome is already decided; a failing shutdown must not change it
+        logging.getLogger(__name__).debug("ray.shutdown at exit: %s", exc)
 
 
 if __name__ == "__main__":
