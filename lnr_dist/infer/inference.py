@@ -154,7 +154,8 @@ def predict_shard(
         raise RuntimeError(
             f"{wrong.size} samples were not seen exactly {passes} times, e.g. index {start + i} ({seen[i]} times)"
         )
-    return sums / passes, forwards, pass_seconds
+    sums /= passes  # in place: `sums / passes` would hold a second (R, C) float32 array at the peak
+    return sums, forwards, pass_seconds
 
 
 def global_moments(predictions: np.ndarray, labels: np.ndarray, chunk_rows: int, where: str) -> ClassMoments:
