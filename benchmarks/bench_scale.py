@@ -22,6 +22,13 @@ sweep, 1 seed, no binary task, --workers Ray workers of 1 CPU. In-process becaus
 then the benchmark's: it times each job from its call (the step's start, the start of "Ray start-up") to its
 return, where a subprocess would leave only the steps' records (their end to the second).
 
+iNaturalist's shape (--classes 8142 --train 437513): 1,000 down to 2 training images per class, 3 val / 3 test
+per class, infer.save_predictions false (--candidates-only: the sweep reads the sparse candidates; the dense
+437,513 x 8,142 predictions.npy would be 14.2 GB in float32, 7.1 GB in float16) and float32 predictions: in
+memory, float16 predictions are a copy beside the float32 mean (1.5 x the shard matrix), with no file left to
+halve. Each inference worker holds its dense shard matrix (rows x C float32; the line before the build prints
+it): 6.6 GiB per worker at 2 workers, 13.3 GiB in all, which fits a 24 GiB machine.
+
 Per step: wall seconds (<run>/seed<k>/steps/<step>.json), images/s (images the workers processed, from the
 job's workers.json, over the step's seconds; before workers.json, the job's own count: stage 1/2 metrics.csv
 train_images, inference's forwards), Ray start-up (step start to the LAST worker's first batch: the job runs at
@@ -392,33 +399,49 @@ def _own_images(job: str, folder: Path) -> float | None:
     return None
 
 
+def workers_of_calls(root: Path, calls: list[JobCall]) -> dict[int, list[dict[str, Any]]]:
+    """call index -> the workers.json records under `root` whose run began during that call, earliest first.
+
+    By time, not by folder: a job may run another's Ray Train job (the sweep extracts the features the features
+    step then finds cached), and a folder's record may be left by an earlier step."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for path in root.rglob("workers.json"):
+        doc = {**read_workers(path.parent), "folder": str(path.parent)}
+        for i, call in enumerate(calls):
+            if call.start_unix <= float(doc["started_unix"]) <= call.end_unix:
+                found.setdefault(i, []).append(doc)
+    return {i: sorted(docs, key=lambda d: float(d["started_unix"])) for i, docs in found.items()}
+
+
 def step_rows(seed_cfg, calls: list[JobCall], num_samples: int, num_classes: int) -> list[dict[str, Any]]:
     """One row per finished step of the seed folder, in the order the steps ran."""
-    steps = seed_cfg.layout.root / "steps"
-    by_folder = {call.folder.resolve(): call for call in calls}
+    by_folder = {call.folder.resolve(): i for i, call in enumerate(calls)}
+    docs_of = workers_of_calls(seed_cfg.layout.root, calls)
     rows = []
-    for record_path in steps.glob("*.json"):
+    for record_path in (seed_cfg.layout.root / "steps").glob("*.json"):
         name = record_path.stem
         record = json.loads(record_path.read_text())
-        call = by_folder.get(step_folder(seed_cfg, name).resolve())
+        index = by_folder.get(step_folder(seed_cfg, name).resolve())
         row: dict[str, Any] = {"step": name, "wall_s": float(record["seconds"]), "job": None,
                                "images": None, "images_per_s": None, "ray_startup_s": None,
                                "workers": []}  # fmt: skip
         end = time.mktime(time.strptime(record["finished_at"], "%Y-%m-%dT%H:%M:%S")) + 0.999
-        if call is not None:
+        if index is not None:
+            call = calls[index]
             row["job"], end = call.job, call.end_unix
-            workers = read_workers(call.folder)
-            if workers is not None:
-                row["images"] = float(sum(w.get("images") or 0 for w in workers["workers"]))
-                row["ray_startup_s"] = ray_startup_s(workers, call.start_unix)
+            docs = docs_of.get(index, [])
+            if docs:
+                row["images"] = float(sum(w.get("images") or 0 for d in docs for w in d["workers"]))
+                row["ray_startup_s"] = ray_startup_s(docs[0], call.start_unix)
                 row["workers"] = [
-                    {"rank": w["rank"], "peak_rss_mib": w.get("peak_rss_mib"),
+                    {"job": d.get("job"), "rank": w["rank"], "peak_rss_mib": w.get("peak_rss_mib"),
                      "rss_first_batch_mib": w.get("rss_first_batch_mib"), "growth_mib": worker_growth_mib(w)}
-                    for w in sorted(workers["workers"], key=lambda w: w["rank"])
+                    for d in docs for w in sorted(d["workers"], key=lambda w: w["rank"])
                 ]  # fmt: skip
-                if call.job == "infer":
+                own = [d for d in docs if Path(d["folder"]).resolve() == call.folder.resolve()]
+                if call.job == "infer" and own:
                     row["infer_extra_mib"], row["infer_extra_vs_shard"] = infer_extra(
-                        workers, num_samples, num_classes
+                        own[0], num_samples, num_classes
                     )
             else:
                 row["images"] = _own_images(call.job, call.folder)
@@ -451,6 +474,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def memory_plan(classes: int, train: int, workers: int, dtype: str) -> str:
+    """What inference will hold: each worker's dense shard matrix (float32 sums, plus the predictions_dtype
+    copy when it is float16), against this machine's memory."""
+    rows = max(stop - start for start, stop in (shard_bounds(train, k, workers) for k in range(workers)))
+    matrix = rows * classes * 4
+    held = matrix * (1.5 if dtype == "float16" else 1.0)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return (
+        f"inference: {rows:,} rows x {classes:,} classes per worker = {matrix / 2**30:.2f} GiB dense float32, "
+        f"{held / 2**30:.2f} GiB with the {dtype} predictions; x {workers} workers = {workers * held / 2**30:.1f} "
+        f"GiB of this machine's {total / 2**30:.1f} GiB"
+    )
+
+
 def experiment_config(built: BuiltSet, args: argparse.Namespace, overrides: list[str]):
     """configs/mini.yaml with the benchmark's overrides, then the user's (`key=value`, as the CLI takes them)."""
     from lnr_dist.core.config import load_config
@@ -478,7 +515,12 @@ def experiment_config(built: BuiltSet, args: argparse.Namespace, overrides: list
         f"infer.batch_size={2 * args.batch_size}",
         f"infer.predictions_dtype={args.predictions_dtype}",
         f"infer.save_predictions={'false' if args.candidates_only else 'true'}",
-        "tune.thresholds=[1.0, 2.0]",
+        # the LNR recipe's threshold and t_min at ImageNet-LT's and iNaturalist's shapes (configs/imagenet_lt.yaml,
+        # inat2018.yaml), so the sparse candidates are as sparse as in a real run: mini.yaml's t_min 1.0 makes
+        # 14% of the N x C entries candidates (measured at 50 x 3000), 500 million at iNaturalist's shape
+        "infer.threshold=14.5",
+        "infer.candidates_t_min=10.5",
+        "tune.thresholds=[10.5, 14.5]",
         "tune.epochs=1",
         f"ray.num_workers={args.workers}",
         "ray.cpus_per_worker=1",
@@ -505,9 +547,9 @@ def shape_defaults(args: argparse.Namespace) -> None:
         args.val_per_class = defaults["val"]
     if args.test_per_class is None:
         args.test_per_class = defaults["test"]
-    # iNaturalist: keep the dense N x C predictions off the disk and out of the driver (module docstring)
+    # iNaturalist: no predictions.npy (the sweep reads the candidates); float32 (module docstring)
     if args.predictions_dtype is None:
-        args.predictions_dtype = "float16" if inat else "float32"
+        args.predictions_dtype = "float32"
     if args.candidates_only is None:
         args.candidates_only = inat
     if args.cache is None:
@@ -537,7 +579,7 @@ def main() -> None:
     parser.add_argument("--methods", default="mislas,lnr", help="reproduce.methods")
     parser.add_argument("--batch-size", type=int, default=256, help="global training batch (eval: twice)")
     parser.add_argument(
-        "--predictions-dtype", choices=("float16", "float32"), help="infer.predictions_dtype (iNat: float16)"
+        "--predictions-dtype", choices=("float16", "float32"), help="infer.predictions_dtype (float32)"
     )
     parser.add_argument(
         "--candidates-only", action=argparse.BooleanOptionalAction, default=None,
@@ -565,6 +607,7 @@ def main() -> None:
         f"{args.val_per_class} val / {args.test_per_class} test per class; {os.cpu_count()} CPUs, load "
         f"{os.getloadavg()[0]:.2f}"
     )
+    print(memory_plan(args.classes, args.train, args.workers, args.predictions_dtype))
     built = build_set(args.cache, spec, args.build_processes)
     print(f"set: {built.root} ({'cached' if built.reused else f'built in {built.seconds:.1f} s'})")
     if args.out.exists():

@@ -134,24 +134,39 @@ def test_step_rows_join_step_records_calls_and_workers(tmp_path):
     cfg = replace(cfg, run_dir=str(cfg.layout.root))
     steps = cfg.layout.root / "steps"
     steps.mkdir(parents=True)
-    for name, seconds in (("stage1", 20.0), ("infer", 8.0), ("method-mislas", 5.0), ("method-smote", 1.0)):
+    records = (("stage1", 20.0), ("infer", 8.0), ("tune", 6.0), ("features", 0.1), ("method-mislas", 5.0),
+               ("method-smote", 1.0))  # fmt: skip
+    for name, seconds in records:
         (steps / f"{name}.json").write_text(json.dumps({"config_hash": "x", "seconds": seconds, "result": {},
                                                         "finished_at": "2030-01-01T00:00:00"}))  # fmt: skip
     calls = [
         bench.JobCall("stage1", cfg.layout.stage("stage1"), 10.0, 30.0),
         bench.JobCall("infer", cfg.layout.infer, 30.0, 38.0),
-        bench.JobCall("stage2", cfg.layout.method("mislas"), 38.0, 43.0),
+        bench.JobCall("tune", cfg.layout.tune, 38.0, 44.0),
+        bench.JobCall("features", cfg.layout.features, 44.0, 44.1),
+        bench.JobCall("stage2", cfg.layout.method("mislas"), 44.1, 49.0),
     ]
     worker = {"rank": 0, "first_batch_s": 1.0, "rss_first_batch_mib": 100.0, "peak_rss_mib": 101.0,
               "images": 800}  # fmt: skip
     _workers_json(cfg.layout.infer, 31.0, [worker, {**worker, "rank": 1}])
+    # the sweep extracted the features (a Ray Train job in features/); the features step then found them cached
+    _workers_json(cfg.layout.features, 40.0, [worker, {**worker, "rank": 1}])
     rows = bench.step_rows(cfg, calls, num_samples=400, num_classes=10)
-    assert [r["step"] for r in rows] == ["stage1", "infer", "method-mislas", "method-smote"]
+    assert [r["step"] for r in rows] == [
+        "stage1",
+        "infer",
+        "tune",
+        "features",
+        "method-mislas",
+        "method-smote",
+    ]
     infer = rows[1]
     assert infer["images_per_s"] == pytest.approx(1600 / 8.0) and infer["ray_startup_s"] == pytest.approx(2.0)
     assert [w["growth_mib"] for w in infer["workers"]] == [1.0, 1.0]
     assert infer["infer_extra_vs_shard"] == pytest.approx(2**20 / (200 * 10 * 4))
-    assert rows[0]["ray_startup_s"] is None and rows[3]["job"] is None
+    assert rows[2]["ray_startup_s"] == pytest.approx(3.0) and "infer_extra_vs_shard" not in rows[2]
+    assert rows[3]["workers"] == [] and rows[3]["ray_startup_s"] is None
+    assert rows[0]["ray_startup_s"] is None and rows[5]["job"] is None
     table = bench.format_table(rows)
     assert "method-smote" in table and "101/101" in table
 
@@ -181,11 +196,11 @@ def test_reduced_real_run_prints_every_step_and_the_last_line(tmp_path):
     assert {"stage1", "infer", "tune", "features", "method-lnr"} <= set(steps)
     for row in steps.values():
         assert row["wall_s"] > 0
-        assert any(line.split()[0] == row["step"] for line in lines)
+        assert any(line.split()[:1] == [row["step"]] for line in lines)
     for name in ("stage1", "infer"):  # Ray Train jobs: their own image counts at least
         assert steps[name]["images_per_s"] > 0
     if steps["infer"]["workers"]:  # workers.json (run_workers) present: every number of a Ray step is there
-        for name in ("stage1", "infer", "features"):
+        for name in ("stage1", "infer"):
             assert steps[name]["ray_startup_s"] > 0
             assert all(w["peak_rss_mib"] > 0 and w["growth_mib"] is not None for w in steps[name]["workers"])
         assert not math.isnan(float(LAST_LINE.match(lines[-1])[3]))
