@@ -150,7 +150,7 @@ def run_job(name: str, cfg: ExperimentConfig, out: str | Path | None = None) -> 
         stage1    trains stage 1 -> stage1/; returns its results.json (best_epoch; val, test, test_calibrated:
                   top1, balanced_acc, many, medium, few and ece in %, nll in nats; temperature, manifest, ...).
         infer     averaged softmax + LNR flips over the training set -> infer/; returns summary.json
-                  (num_flips, counts, counts_after, flip_matrix, groups, world_size, images_per_second, ...).
+                  (num_flips, counts, counts_after, flip_pairs, groups, world_size, images_per_second, ...).
         tune      the threshold sweep -> tune/; returns chosen_threshold.json (threshold, objective, chosen,
                   the chosen threshold's test metrics, ...).
         stage2    stage 2 of cfg.stage2.method on its backend (stage2.backend) -> stage2/; returns its

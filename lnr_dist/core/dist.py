@@ -7,6 +7,7 @@ process and on W Ray Train workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,3 +64,12 @@ def all_gather_arrays(array: np.ndarray) -> list[np.ndarray]:
     gathered: list[np.ndarray | None] = [None] * torch_dist.get_world_size()
     torch_dist.all_gather_object(gathered, np.asarray(array))
     return [np.asarray(a) for a in gathered]
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable object (e.g. a small dict), in rank order; [obj] in one process."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(gathered, obj)
+    return gathered

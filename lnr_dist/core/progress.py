@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .logs import PROGRESS_MARK, display, format_progress
+from .meter import METER
 
 if TYPE_CHECKING:
     from .dist import RankContext
@@ -85,6 +86,7 @@ class Progress:
         self._id = uuid.uuid4().hex[:12]
 
     def __call__(self, images: int) -> None:
+        METER.batch(images)  # every rank: the first batch ends this worker's start-up (core/meter.py)
         if not self.reports:
             return
         self.done = min(self.total, self.done + int(images) * self.world_size)

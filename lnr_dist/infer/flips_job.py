@@ -90,7 +90,7 @@ def build_summary(
         "mean": moments.mean.tolist(),
         "std": moments.std.tolist(),
         "valid": moments.valid.tolist(),
-        "flip_matrix": table.flip_matrix(num_classes).tolist(),
+        "flip_pairs": table.flip_pairs().tolist(),  # [from, to, count], most first
         "inputs_sha256": input_sha256,
         "flips_sha256": storage.flip_table_sha256(table),
         **extra,
@@ -164,17 +164,15 @@ def run_flips(cfg: FlipsConfig) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any], top: int = 10) -> str:
     """Readable text: the most frequent class pairs and counts before/after per class."""
-    matrix = np.asarray(summary["flip_matrix"])
+    pairs = summary["flip_pairs"]
     lines = [
         f"{summary['num_flips']} flips over {summary['num_samples']} samples, {summary['num_classes']} classes "
         f"(threshold {summary['threshold']}, seed {summary['seed']})",
         "",
         "top class pairs      flips",
     ]
-    pairs = np.argwhere(matrix > 0)
-    order = np.argsort(-matrix[pairs[:, 0], pairs[:, 1]], kind="stable")[:top]
-    lines += [f"  {int(a):>5} -> {int(b):<5}  {int(matrix[a, b]):>7}" for a, b in pairs[order]]
-    if not len(pairs):
+    lines += [f"  {int(a):>5} -> {int(b):<5}  {int(n):>7}" for a, b, n in pairs[:top]]
+    if not pairs:
         lines.append("  (none)")
     lines += ["", "class   before    after   change"]
     before, after = summary["counts"], summary["counts_after"]

@@ -108,7 +108,8 @@ def predict_shard(
     on_pass=None,
     on_batch=None,
 ) -> tuple[np.ndarray, int, list[float]]:
-    """(stop - start, C) float32 mean softmax over `passes` passes for dataset indices [start, stop), the
+    """(stop - start, C) float32 mean softmax over `passes` passes for dataset indices [start, stop) (summed and
+    divided in that one array: the job's memory for its predictions is R x C x 4 bytes), the
     number of forward passes run and the seconds of each pass. Raises when any index was not seen exactly
     `passes` times. `on_pass(p)` is called before pass p, `on_batch(n)` after each batch with its n kept images."""
     num_classes = model.classifier.out_features
@@ -154,8 +155,20 @@ def predict_shard(
         raise RuntimeError(
             f"{wrong.size} samples were not seen exactly {passes} times, e.g. index {start + i} ({seen[i]} times)"
         )
-    sums /= passes  # in place: `sums / passes` would hold a second (R, C) float32 array at the peak
+    sums /= passes  # in place: the shard's one (R, C) array is all this job holds of its predictions
     return sums, forwards, pass_seconds
+
+
+def cast_rows(array: np.ndarray, dtype: np.dtype, block_rows: int = 4096) -> np.ndarray:
+    """`array` (R, C) as `dtype`, the same values as array.astype(dtype). Narrowing float32 -> float16 goes block
+    by block into a (R, C) float16 array while the float32 one is still held (1.5 x the float32 bytes at the peak,
+    the float32 array is the caller's to drop); the same dtype is returned as is."""
+    if array.dtype == dtype:
+        return array
+    out = np.empty(array.shape, dtype=dtype)
+    for start in range(0, array.shape[0], block_rows):
+        out[start : start + block_rows] = array[start : start + block_rows]
+    return out
 
 
 def global_moments(predictions: np.ndarray, labels: np.ndarray, chunk_rows: int, where: str) -> ClassMoments:
@@ -209,7 +222,8 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     on_batch.close()
     predict_seconds = time.perf_counter() - began
     # Flips are computed from exactly what save_predictions stores, so stored predictions reproduce them.
-    predictions = mean_probs.astype(icfg.predictions_dtype, copy=False)
+    predictions = cast_rows(mean_probs, np.dtype(icfg.predictions_dtype))
+    del mean_probs
     labels, indices = all_labels[start:stop], np.arange(start, stop, dtype=np.int64)
     chunk_rows = default_chunk_rows(num_classes)
     moments = global_moments(predictions, labels, chunk_rows, split.file)

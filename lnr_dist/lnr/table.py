@@ -100,6 +100,15 @@ class FlipTable:
         np.add.at(matrix, (self.source, self.target), 1)
         return matrix
 
+    def flip_pairs(self) -> np.ndarray:
+        """(P, 3) int64 rows (from, to, count) of the P class pairs with at least one flip, most flips first (ties
+        by from, then to): the sparse flip_matrix, whose size follows the flips, not C^2 (8,142^2 for iNat)."""
+        if not len(self):
+            return np.zeros((0, 3), dtype=np.int64)
+        pairs, counts = np.unique(np.stack([self.source, self.target], axis=1), axis=0, return_counts=True)
+        order = np.lexsort((pairs[:, 1], pairs[:, 0], -counts))
+        return np.column_stack([pairs[order], counts[order]]).astype(np.int64)
+
     def counts_after(self, counts: np.ndarray) -> np.ndarray:
         """Class counts after flipping, from the counts before."""
         num_classes = counts.shape[0]

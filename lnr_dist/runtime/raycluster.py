@@ -41,7 +41,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ..core.dist import RankContext
 from ..core.errors import RunFailed, UserError
 from ..core.logs import display, set_display, setup_logging
+from ..core.meter import METER
 from ..experiment import RayConfig
+from .usage import write_workers
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ _START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 _START_ATTEMPT_S = 60.0
 # the loop config's key for the driver's Display (log level, progress bar or lines), adopted by every worker
 DISPLAY_KEY = "_display"
+STARTED_KEY = "_started_unix"  # the driver's time.time() at the attempt's start
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -169,6 +172,8 @@ def run_workers(
         DISPLAY_KEY: display().to_dict(),
     }  # --log-level and the bar reach the workers
     for attempt in range(1, cfg.max_failures + 2):
+        # the attempt's start: its workers' start-up in workers.json is counted from here (runtime/usage.py)
+        loop_config[STARTED_KEY] = time.time()
         try:
             _trainer(worker, loop_config, cfg, name, storage, out, attempt, start_retries, callbacks).fit()
             return
@@ -197,7 +202,7 @@ def _trainer(
 ) -> TorchTrainer:  # fmt: skip
     gpu = use_gpu(cfg)
     return TorchTrainer(
-        functools.partial(_run_recording_errors, worker, str(out), attempt),
+        functools.partial(_run_recording_errors, worker, str(out), attempt, name),
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -263,17 +268,20 @@ def _drop_training_function_errors(record: logging.LogRecord) -> bool:
 
 
 def _run_recording_errors(
-    worker: Callable[[dict[str, Any]], None], out: str, attempt: int, loop_config: dict[str, Any]
+    worker: Callable[[dict[str, Any]], None], out: str, attempt: int, name: str, loop_config: dict[str, Any]
 ) -> None:
     """The function each Ray Train worker runs: `worker`, with the driver's Display adopted first and any
     exception's traceback appended to <out>/error.log before it reaches Ray (which hands the exception itself to
-    the driver)."""
+    the driver); when it returns, every rank's start-up and memory go to <out>/workers.json."""
+    METER.enter()
     if DISPLAY_KEY in loop_config:
         set_display(loop_config[DISPLAY_KEY])
     # Ray Train logs each training-function exception with its traceback to the console; it is in error.log.
     logging.getLogger("ray.train.v2._internal.util").addFilter(_drop_training_function_errors)
     try:
         worker(loop_config)
+        if STARTED_KEY in loop_config:
+            write_workers(Path(out), name, loop_config[STARTED_KEY], ray.train.get_context().get_world_rank())
     except Exception as exc:
         folder = Path(out)
         rank = ray.train.get_context().get_world_rank()

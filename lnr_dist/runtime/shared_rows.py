@@ -1,6 +1,6 @@
 """One .npy array written by every worker, each into its own rows, made visible atomically by rank 0.
 
-Rank 0 creates a temp file of the final shape, every rank writes its contiguous rows through a memory map, and
+Rank 0 creates a temp file of the final shape, every rank writes its contiguous rows at their offset, and
 once all have written, rank 0 renames it into place: readers never see a partly written array, and no worker
 has to hold (or send) more than its own rows. The folder must be shared by the workers (one host, or a shared
 filesystem on a cluster).
@@ -13,6 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from ..core.dist import RankContext, barrier
+
+WRITE_ROWS = 8192  # rows per write call
+
+
+def _data_offset(handle) -> int:
+    """Byte offset of a .npy file's data (after its magic and header)."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        np.lib.format.read_array_header_1_0(handle)
+    else:
+        np.lib.format.read_array_header_2_0(handle)
+    return handle.tell()
 
 
 def partial_path(path: Path) -> Path:
@@ -28,10 +40,15 @@ def write_shared_rows(
         path.parent.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)
     barrier()
-    target = np.lib.format.open_memmap(temp, mode="r+")
-    target[start : start + len(rows)] = rows
-    target.flush()
-    del target
+    rows = np.ascontiguousarray(rows, dtype=dtype)
+    row_bytes = rows.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    # plain writes, not a memory map: pages written through a map count in this worker's RSS until it is unmapped
+    # (R x C x itemsize more at the job's peak), while written file pages stay in the page cache, nobody's RSS
+    with open(temp, "r+b") as handle:
+        handle.seek(_data_offset(handle) + start * row_bytes)
+        flat = rows.reshape(len(rows), -1)
+        for first in range(0, len(rows), WRITE_ROWS):
+            handle.write(memoryview(flat[first : first + WRITE_ROWS]).cast("B"))
     barrier()
     if ctx.is_main:
         temp.replace(path)

@@ -58,14 +58,18 @@ def test_writes_flips_summary_and_config(inputs, long_tailed_set):
         "mean",
         "std",
         "num_flips",
-        "flip_matrix",
+        "flip_pairs",
         "counts_after",
         "inputs_sha256",
     ):
         assert key in summary, key
     num_classes = summary["num_classes"]
     assert all(len(summary[k]) == num_classes for k in ("counts", "prior", "mean", "std", "counts_after"))
-    assert np.asarray(summary["flip_matrix"]).shape == (num_classes, num_classes)
+    pairs = np.asarray(summary["flip_pairs"])
+    np.testing.assert_array_equal(np.bincount(pairs[:, 0] * num_classes + pairs[:, 1], weights=pairs[:, 2],
+                                              minlength=num_classes**2).reshape(num_classes, num_classes),
+                                  table.flip_matrix(num_classes))  # fmt: skip
+    assert (np.diff(pairs[:, 2]) <= 0).all()  # most flips first
     assert summary["num_flips"] == len(table) > 0
     assert (out / "config.yaml").is_file()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,11 @@ import torch
 from lnr_dist.cli import main
 from lnr_dist.core.errors import UserError
 from lnr_dist.core.storage import load_flip_table
+from lnr_dist.data.sampling import shard_bounds
+from lnr_dist.data.splits import load_train_split
 from lnr_dist.infer.inference import global_moments, predict_shard, run_inference
 from lnr_dist.lnr import compute_flips, flips_from_candidates
+from lnr_dist.runtime.usage import WORKERS_FILE, read_workers
 
 from ..conftest import mini_experiment
 
@@ -61,6 +65,19 @@ def test_one_two_three_workers_give_the_same_flips_and_statistics(eval_runs):
 def test_every_sample_is_predicted_exactly_twice(eval_runs):
     for _, summary in eval_runs.values():
         assert summary["forwards_per_sample"] == 2.0 and summary["passes"] == 2
+
+
+def test_every_worker_records_its_start_up_and_memory(eval_runs):
+    for workers, (cfg, _) in eval_runs.items():
+        usage = read_workers(Path(cfg.run_dir) / "infer" / WORKERS_FILE)
+        assert usage["job"] == "infer" and [w["rank"] for w in usage["workers"]] == list(range(workers))
+        size = len(load_train_split(cfg.data))
+        shards = [stop - start for start, stop in (shard_bounds(size, r, workers) for r in range(workers))]
+        assert [w["images"] for w in usage["workers"]] == [2 * rows for rows in shards]  # two passes each
+        for worker in usage["workers"]:
+            assert 0 < worker["entry_s"] <= worker["first_batch_s"] <= usage["startup_s"]
+            assert worker["rss_entry_mib"] > 0 and 0 < worker["rss_first_batch_mib"] <= worker["peak_rss_mib"]
+            assert worker["growth_mib"] == worker["peak_rss_mib"] - worker["rss_first_batch_mib"]
 
 
 def test_statistics_equal_the_engine_on_the_gathered_predictions(eval_runs):

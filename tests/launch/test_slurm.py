@@ -31,6 +31,7 @@ from tests.conftest import mini_experiment
 from tests.infer.test_infer_ray import flips_bytes_from
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+CREDENTIAL_MARGIN_S = 2.0
 
 REPO = Path(__file__).resolve().parents[2]
 START = REPO / "cluster" / "slurm" / "start_local_cluster.sh"
@@ -152,22 +153,39 @@ def test_preempted_and_requeued_training_resumes_from_its_checkpoints(slurm_clus
             time.sleep(0.5)
         runs = _log(item).count("Starting with JobEnvironment")
         slurm(*command)
-        # SLURM holds a requeued job back for ~2 minutes (BeginTime); let it start again at once
+        # SLURM holds a requeued job back for ~2 minutes (BeginTime); let it start again soon. Not in the same
+        # second as it left the node: slurmd revoked the old run's credential then, at one-second resolution, and
+        # a credential issued within that second is refused (the launch fails and the job ends FAILED)
         while not (slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() == "PENDING" or
                    _log(item).count("Starting with JobEnvironment") > runs):  # fmt: skip
             assert time.monotonic() < deadline, _log(item)[-3000:]
             time.sleep(0.2)
+        time.sleep(CREDENTIAL_MARGIN_S)
         subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
 
     interrupt_after(2, "scancel", "--signal=USR2", job_id)
     interrupt_after(4, "scontrol", "requeue", job_id)
-    results = wait_for(item)
+    try:
+        results = wait_for(item)
+    except JobFailed as exc:  # what SLURM itself said of the job, for the next look at a failure
+        pytest.fail(f"{exc}\n--- SLURM's logs on job {job_id} ---\n{_slurm_log_lines(slurm_cluster, job_id)}")
     assert results["epochs"] == 6
     assert _epochs(tmp_path) == [0, 1, 2, 3, 4, 5]  # every epoch once: none redone before a checkpoint
     logs = _log(item)
     assert logs.count("Starting with JobEnvironment") == 3  # the same job id ran three times
     assert "job interrupted (preemption or time limit): requeued" in logs  # JobTask.checkpoint()
     assert logs.count("resumed stage1 from") == 2
+
+
+def _slurm_log_lines(state: Path, job_id: str, last: int = 40) -> str:
+    """The daemons' log lines on one job, and its attempts in the accounting (sacct --duplicates)."""
+    lines = []
+    for log in sorted((state / "log").glob("slurm*.log")):
+        lines += [f"{log.name}: {line}" for line in log.read_text(errors="replace").splitlines()
+                  if f"JobId={job_id} " in line or f"job {job_id}" in line.lower() or f"JobId={job_id}" in line]  # fmt: skip
+    attempts = subprocess.run(["sacct", "-D", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Start,End,Reason"],
+                              capture_output=True, text=True).stdout  # fmt: skip
+    return "\n".join(lines[-last:]) + f"\n--- sacct -D ---\n{attempts}"
 
 
 def _log(item) -> str:

@@ -59,3 +59,10 @@ def test_matrix_and_counts_after():
     table = FlipTable(np.array([0, 1, 2]), np.array([0, 0, 1]), np.array([2, 2, 2]))
     np.testing.assert_array_equal(table.flip_matrix(3), [[0, 0, 2], [0, 0, 1], [0, 0, 0]])
     np.testing.assert_array_equal(table.counts_after(np.array([5, 3, 1])), [3, 2, 4])
+
+
+def test_flip_pairs_are_the_matrix_sparse_most_flips_first():
+    table = FlipTable(np.arange(6), np.array([3, 0, 1, 0, 3, 1]), np.array([0, 2, 2, 2, 0, 0]))
+    np.testing.assert_array_equal(table.flip_pairs(), [[0, 2, 2], [3, 0, 2], [1, 0, 1], [1, 2, 1]])
+    assert table.flip_pairs().dtype == np.int64
+    assert FlipTable(*(np.zeros(0, np.int64),) * 3).flip_pairs().shape == (0, 3)
