@@ -29,17 +29,18 @@ memory, float16 predictions are a copy beside the float32 mean (1.5 x the shard 
 halve. Each inference worker holds its dense shard matrix (rows x C float32; the line before the build prints
 it): 6.6 GiB per worker at 2 workers, 13.3 GiB in all, which fits a 24 GiB machine.
 
-Per step: wall seconds (<run>/seed<k>/steps/<step>.json), images/s (images the workers processed, from the
-job's workers.json, over the step's seconds; before workers.json, the job's own count: stage 1/2 metrics.csv
-train_images, inference's forwards), Ray start-up (step start to the LAST worker's first batch: the job runs at
+Per step: wall seconds (<run>/seed<k>/steps/<step>.json), images/s (the images the step's Ray Train workers
+processed over the step's seconds), Ray start-up (step start to the LAST worker's first batch: the job runs at
 full width only then), peak RSS per worker and its growth over the worker's start-up RSS (RSS at its first
-batch). workers.json is written by every Ray Train job (lnr_dist/runtime/raycluster.run_workers) in its folder.
-Inference's extra memory per worker is that growth; r divides it by the worker's dense shard matrix (shard rows
-x C x 4 bytes, rows from shard_bounds). Targets (the issue's): r <= 1.5, no step's Ray start-up above 10 s.
+batch). The workers' figures are the workers.json every Ray Train job writes (lnr_dist/runtime/usage.py), read
+with its read_workers and joined to the step during which the job began (the sweep extracts the features the
+features step then finds cached). Inference's extra memory per worker is that growth; r divides it by the
+worker's dense shard matrix (shard rows x C x 4 bytes, rows from shard_bounds). Targets (the issue's): r <= 1.5,
+no step's Ray start-up above 10 s. A step that ran no Ray Train job (a method on cached features) has its wall
+seconds only.
 
 Last line: scale_wall_s=<s> infer_extra_mib_per_worker=<MiB> infer_extra_vs_shard_matrix=<r>
-(reproduce's wall seconds; the largest growth over the inference workers; the largest r; nan without
-workers.json)
+(reproduce's wall seconds; the largest growth over the inference workers; the largest r)
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from PIL import Image
 from lnr_dist.core import storage
 from lnr_dist.data.manifest import FEW_BELOW, MANY_ABOVE
 from lnr_dist.data.sampling import shard_bounds
+from lnr_dist.runtime.usage import WORKERS_FILE, read_workers
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "ImageNet_LT"
@@ -346,26 +348,14 @@ def step_folder(seed_cfg, name: str) -> Path:
     return job_folder(backbone_config(seed_cfg, backbone).layout, job)
 
 
-def read_workers(folder: Path) -> dict[str, Any] | None:
-    """<job folder>/workers.json (run_workers' record of its workers), or None."""
-    path = Path(folder) / "workers.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def worker_growth_mib(worker: dict[str, Any]) -> float | None:
-    """Peak RSS above the RSS at the worker's first batch (its start-up RSS), MiB; None without a batch."""
-    if worker.get("rss_first_batch_mib") is None or worker.get("peak_rss_mib") is None:
-        return None
-    return float(worker["peak_rss_mib"]) - float(worker["rss_first_batch_mib"])
-
-
 def infer_extra(workers: dict[str, Any], num_samples: int, num_classes: int) -> tuple[float, float]:
-    """(largest growth in MiB, largest growth / dense shard matrix) over the inference workers; the matrix of
-    rank k is its shard_bounds rows x C x 4 bytes (float32). nan when no worker reported a first batch."""
+    """(largest growth in MiB, largest growth / dense shard matrix) over the inference workers of a
+    `read_workers` record; the matrix of rank k is its shard_bounds rows x C x 4 bytes (float32). nan when no
+    worker reported a first batch."""
     world = len(workers["workers"])
     extra, ratio = float("nan"), float("nan")
     for worker in workers["workers"]:
-        growth = worker_growth_mib(worker)
+        growth = worker["growth_mib"]
         if growth is None:
             continue
         start, stop = shard_bounds(num_samples, int(worker["rank"]), world)
@@ -376,27 +366,10 @@ def infer_extra(workers: dict[str, Any], num_samples: int, num_classes: int) -> 
 
 
 def ray_startup_s(workers: dict[str, Any], step_start_unix: float) -> float | None:
-    """Step start to the last worker's first batch (None when a worker saw none)."""
-    firsts = [w.get("first_batch_s") for w in workers["workers"]]
-    if not firsts or any(f is None for f in firsts):
+    """Step start to the last first batch of a `read_workers` record's workers (None when none saw a batch)."""
+    if workers["startup_s"] is None:
         return None
-    return float(workers["started_unix"]) - step_start_unix + max(float(f) for f in firsts)
-
-
-def _own_images(job: str, folder: Path) -> float | None:
-    """The images a job reports itself (before workers.json): training images of stage 1/2, forwards of
-    inference."""
-    metrics = folder / "metrics.csv"
-    if job in ("stage1", "stage2") and metrics.is_file():
-        import csv
-
-        with open(metrics) as handle:
-            return sum(float(row["train_images"] or 0) for row in csv.DictReader(handle))
-    summary = folder / "summary.json"
-    if job == "infer" and summary.is_file():
-        data = json.loads(summary.read_text())
-        return data["forwards_per_sample"] * data["num_samples"] if "num_samples" in data else None
-    return None
+    return float(workers["started_unix"]) - step_start_unix + float(workers["startup_s"])
 
 
 def workers_of_calls(root: Path, calls: list[JobCall]) -> dict[int, list[dict[str, Any]]]:
@@ -405,8 +378,8 @@ def workers_of_calls(root: Path, calls: list[JobCall]) -> dict[int, list[dict[st
     By time, not by folder: a job may run another's Ray Train job (the sweep extracts the features the features
     step then finds cached), and a folder's record may be left by an earlier step."""
     found: dict[int, list[dict[str, Any]]] = {}
-    for path in root.rglob("workers.json"):
-        doc = {**read_workers(path.parent), "folder": str(path.parent)}
+    for path in root.rglob(WORKERS_FILE):
+        doc = {**read_workers(path), "folder": str(path.parent)}
         for i, call in enumerate(calls):
             if call.start_unix <= float(doc["started_unix"]) <= call.end_unix:
                 found.setdefault(i, []).append(doc)
@@ -435,7 +408,7 @@ def step_rows(seed_cfg, calls: list[JobCall], num_samples: int, num_classes: int
                 row["ray_startup_s"] = ray_startup_s(docs[0], call.start_unix)
                 row["workers"] = [
                     {"job": d.get("job"), "rank": w["rank"], "peak_rss_mib": w.get("peak_rss_mib"),
-                     "rss_first_batch_mib": w.get("rss_first_batch_mib"), "growth_mib": worker_growth_mib(w)}
+                     "rss_first_batch_mib": w.get("rss_first_batch_mib"), "growth_mib": w["growth_mib"]}
                     for d in docs for w in sorted(d["workers"], key=lambda w: w["rank"])
                 ]  # fmt: skip
                 own = [d for d in docs if Path(d["folder"]).resolve() == call.folder.resolve()]
@@ -443,8 +416,6 @@ def step_rows(seed_cfg, calls: list[JobCall], num_samples: int, num_classes: int
                     row["infer_extra_mib"], row["infer_extra_vs_shard"] = infer_extra(
                         own[0], num_samples, num_classes
                     )
-            else:
-                row["images"] = _own_images(call.job, call.folder)
         if row["images"]:
             row["images_per_s"] = row["images"] / max(row["wall_s"], 1e-9)
         rows.append((end, row))
@@ -629,8 +600,6 @@ def main() -> None:
     extra = max((r["infer_extra_mib"] for r in infer_rows), default=float("nan"))
     ratio = max((r["infer_extra_vs_shard"] for r in infer_rows), default=float("nan"))
     startups = [r["ray_startup_s"] for r in rows if r["ray_startup_s"] is not None]
-    if not any(r["workers"] for r in rows):
-        print("no workers.json in the job folders: Ray start-up and worker memory are not measured")
 
     def verdict(ok: bool | None) -> str:
         return "not measured" if ok is None else ("met" if ok else "NOT met")
