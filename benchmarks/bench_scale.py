@@ -557,6 +557,7 @@ def main() -> None:
         help="infer.save_predictions false: the sweep reads the sparse candidates (default on for iNat's shape)",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--verbose", action="store_true", help="Ray's internal lines too")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. stage1.epochs=2"
     )
@@ -565,8 +566,10 @@ def main() -> None:
 
     import shutil
 
-    from lnr_dist.core.logs import setup_logging
+    from lnr_dist.core.logs import install_screen, setup_logging
     from lnr_dist.reproduce.runner import reproduce
+
+    install_screen("INFO", verbose=args.verbose)  # as the CLI: Ray's internal noise off the screen
 
     spec = SetSpec(args.classes, args.train, args.max_per_class, args.min_per_class, args.val_per_class,
                    args.test_per_class, args.image_size)  # fmt: skip

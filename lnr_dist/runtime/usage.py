@@ -26,6 +26,33 @@ from ..core.dist import all_gather_objects
 from ..core.meter import METER, peak_rss_mib
 
 WORKERS_FILE = "workers.json"
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+RETURN_ABOVE_BYTES = 128 * 1024
+
+
+def return_freed_memory() -> bool:
+    """Have glibc give freed blocks above 128 KiB back to the system at once (Linux; a no-op returning False
+    elsewhere). By default glibc raises its mmap threshold after a large block is freed (up to 32 MiB), so the
+    next temporaries of that size come from the heap, and the heap's free memory stays resident: a worker's RSS
+    then carries its batches' freed activations and the flip engine's freed blocks on top of what it holds.
+    Fixed thresholds turn that adjustment off; at most two arenas keep the threads' heaps from multiplying it.
+    Measured (inference, ImageNet-LT shape, one worker's shard): growth over the first batch 400 -> 300 MiB for
+    a 221 MiB shard matrix."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in ((_M_MMAP_THRESHOLD, RETURN_ABOVE_BYTES),
+                                                              (_M_TRIM_THRESHOLD, RETURN_ABOVE_BYTES),
+                                                              (_M_ARENA_MAX, 2)))  # fmt: skip
 
 
 def _seconds_since(started_unix: float, at: float | None) -> float | None:

@@ -48,3 +48,16 @@ def test_workers_json_is_written_and_read_with_start_up_and_growth(tmp_path, mon
     read = usage.read_workers(tmp_path / usage.WORKERS_FILE)
     assert read["startup_s"] == 9.0  # the slowest worker's first batch
     assert [w["growth_mib"] for w in read["workers"]] == [240.0, None]
+
+
+def test_freed_blocks_go_back_to_the_system_once_thresholds_are_fixed():
+    assert usage.return_freed_memory()  # Linux with glibc, as CI and the workers
+
+    def churn() -> None:  # glibc's default would now serve these from the heap and keep them resident
+        for _ in range(3):
+            block = np.ones(24 * 2**20 // 8)
+            del block
+
+    before = rss_mib()
+    churn()
+    assert rss_mib() - before < 8
