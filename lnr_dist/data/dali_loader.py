@@ -24,6 +24,7 @@ prints a DeprecationWarning for each once per process, ignoring warning filters:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from ..core.errors import UserError
 from .check import image_problem
+from .checked import checked_before, files_stamp, record_checked
 from .loader import Batch, BatchLoader
 from .sampling import CLASS_AWARE_SAMPLERS, sampler_order, shard_bounds, shard_of
 
@@ -172,8 +174,16 @@ class DaliLoader(BatchLoader):
         before the first pipeline each rank looks at its 1/world_size of the split (together: all of it, as
         shuffled epochs move every file through every rank) for truncated, empty or non-image files, and for
         images DALI refuses or reads as another picture than the PyTorch loader (`check.image_problem`)."""
+        mine = range(self.ctx.rank, len(self.split), self.ctx.world_size)
+        root, paths = str(self.split.root), self.split.paths
+        stamp = files_stamp(
+            os.path.join(root, paths[i]) for i in mine
+        )  # strings: Path objects cost more here
+        if checked_before(stamp):  # the same files, unchanged, passed before (data/checked.py)
+            self._checked = True
+            return
         bad = []
-        for i in range(self.ctx.rank, len(self.split), self.ctx.world_size):
+        for i in mine:
             if (reason := image_problem(Path(self.split.full_path(i)))) is not None:
                 bad.append((i, reason))
         if bad:
@@ -182,6 +192,7 @@ class DaliLoader(BatchLoader):
                 f"{len(bad)} image(s) would stop the DALI loader or differ from what the PyTorch loader reads "
                 f"(fix, convert or drop them, or use loader: torch):\n{listed}"
             )
+        record_checked(stamp)
         self._checked = True
 
     def _reader_plan(self) -> tuple[np.ndarray, int, int, bool]:

@@ -259,3 +259,26 @@ def test_padded_random_crop_is_a_shifted_copy(mini_root, loader):
     originals = {int(i): img for i, img in zip(plain.indices, plain.images, strict=True)}
     for index, image in zip(augmented.indices, augmented.images, strict=True):
         assert shifted_match(image.cpu(), originals[int(index)].cpu(), padding=4)
+
+
+@pytest.mark.dali
+def test_dali_precheck_reads_unchanged_files_once_and_a_changed_file_again(tmp_path, mini_root, monkeypatch):
+    from lnr_dist.data import checked, dali_loader
+
+    monkeypatch.setattr(checked, "CHECKED_DIR", tmp_path / "records")
+    looked = []
+    real = dali_loader.image_problem
+    monkeypatch.setattr(dali_loader, "image_problem", lambda path: looked.append(path) or real(path))
+    root = tmp_path / "copy"
+    shutil.copytree(mini_root, root)
+    cfg = mini_data_config(root, loader="dali")
+    split = split_of(cfg, "val")
+    epoch_batches(cfg, split, LoaderSpec.evaluate(32), 0, 1)
+    assert len(looked) == len(split)
+    epoch_batches(cfg, split, LoaderSpec.evaluate(32), 0, 1)  # a new loader (a later job): the record holds
+    assert len(looked) == len(split)
+    bad = root / split.paths[6]
+    bad.write_bytes(b"")  # changed since the record: every file of the shard is read again, and it is found
+    with pytest.raises(UserError, match=r"would stop the DALI loader(.|\n)*Mini_LT_val.txt:7"):
+        epoch_batches(cfg, split, LoaderSpec.evaluate(32), 0, 1)
+    assert len(looked) == 2 * len(split)
