@@ -54,6 +54,7 @@ from ..models.network import Network
 from ..runtime.faults import inject_fault
 from ..runtime.raycluster import run_workers, worker_setup
 from ..runtime.shared_rows import partial_path, write_shared_rows
+from ..runtime.usage import return_freed_memory
 from .flips_job import build_summary, write_flip_outputs
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,10 @@ def global_moments(predictions: np.ndarray, labels: np.ndarray, chunk_rows: int,
 def infer_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_lib.from_dict(ExperimentConfig, loop_config["config"], "<ray worker config>")
     ctx, device = worker_setup(cfg.ray)
+    # this job holds its shard's R x C predictions: freed temporaries go back to the system rather than stay
+    # resident beside them (measured in benchmarks/bench_scale.py; the training jobs keep glibc's defaults,
+    # which are faster for their many mid-sized temporaries)
+    return_freed_memory()
     icfg = cfg.infer
     seed = cfg.seed if icfg.seed is None else icfg.seed
     out = Path(loop_config.get("out") or cfg.layout.infer)

@@ -43,7 +43,7 @@ from ..core.errors import RunFailed, UserError
 from ..core.logs import display, set_display, setup_logging
 from ..core.meter import METER
 from ..experiment import RayConfig
-from .usage import return_freed_memory, write_workers
+from .usage import write_workers
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,6 @@ def _run_recording_errors(
     """The function each Ray Train worker runs: `worker`, with the driver's Display adopted first and any
     exception's traceback appended to <out>/error.log before it reaches Ray (which hands the exception itself to
     the driver); when it returns, every rank's start-up and memory go to <out>/workers.json."""
-    return_freed_memory()
     METER.enter()
     if DISPLAY_KEY in loop_config:
         set_display(loop_config[DISPLAY_KEY])

@@ -37,8 +37,10 @@ def return_freed_memory() -> bool:
     next temporaries of that size come from the heap, and the heap's free memory stays resident: a worker's RSS
     then carries its batches' freed activations and the flip engine's freed blocks on top of what it holds.
     Fixed thresholds turn that adjustment off; at most two arenas keep the threads' heaps from multiplying it.
-    Measured (inference, ImageNet-LT shape, one worker's shard): growth over the first batch 400 -> 300 MiB for
-    a 221 MiB shard matrix."""
+    The inference job calls it: at ImageNet-LT's shape over 2 workers (benchmarks/bench_scale.py) its workers'
+    growth over the first batch went from 363-401 to 300-302 MiB for a 221 MiB shard matrix. Not the training
+    jobs: called in every worker, stage 1 ran 114 -> 161 s in the same benchmark (each mid-sized temporary
+    mapped and faulted in anew)."""
     import ctypes
     import ctypes.util
 
