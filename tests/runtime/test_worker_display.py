@@ -4,6 +4,7 @@ loop config, without a Ray cluster: the trainer is replaced by one that records 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,13 @@ def test_run_workers_hands_the_drivers_display_to_the_workers(monkeypatch, tmp_p
     monkeypatch.setattr(raycluster, "groups_that_fit", lambda cfg, name: 1)
     monkeypatch.setattr(raycluster, "_trainer", FakeTrainer)
     loop_config = {"config": {"seed": 0}}
+    before = time.time()
     raycluster.run_workers(print, loop_config, RayConfig(), "stage1", tmp_path, tmp_path / "stage1")
-    assert given == [{"config": {"seed": 0}, raycluster.DISPLAY_KEY: {"level": "DEBUG", "bar": True}}]
+    [handed] = given
+    assert (
+        before <= handed.pop(raycluster.STARTED_KEY) <= time.time()
+    )  # workers.json's start-up counts from it
+    assert handed == {"config": {"seed": 0}, raycluster.DISPLAY_KEY: {"level": "DEBUG", "bar": True}}
     assert loop_config == {"config": {"seed": 0}}  # the caller's dict is left as it was
 
 
@@ -54,6 +60,6 @@ def test_a_worker_adopts_the_display_and_logs_at_its_level(tmp_path: Path, drive
 
     display = {"level": "DEBUG", "bar": True}
     raycluster._run_recording_errors(
-        worker, str(tmp_path), 1, {"config": {}, raycluster.DISPLAY_KEY: display}
+        worker, str(tmp_path), 1, "stage1", {"config": {}, raycluster.DISPLAY_KEY: display}
     )
     assert seen == {"display": logs.Display(level="DEBUG", bar=True), "level": logging.DEBUG}
