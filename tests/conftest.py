@@ -8,6 +8,17 @@ import pytest
 from lnr_dist.core.synthetic import exponential_counts, long_tailed_predictions
 
 
+@pytest.fixture(scope="session", autouse=True)
+def checked_images_in_a_temp_folder(tmp_path_factory):
+    """The DALI precheck's records (data/checked.py) of this process under the session's temp folder, not the
+    home folder (Ray workers, other processes, keep theirs in the home folder's cache)."""
+    from lnr_dist.data import checked
+
+    checked.CHECKED_DIR = tmp_path_factory.mktemp("checked_images")
+    yield
+    checked.CHECKED_DIR = None
+
+
 @pytest.fixture(scope="session")
 def long_tailed_set() -> tuple[np.ndarray, np.ndarray]:
     """(N, C) float32 softmax and labels for 12 classes, 200 down to 3 samples, shuffled."""

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -120,7 +121,10 @@ def sha256_arrays(*arrays: np.ndarray, chunk_rows: int = 65536) -> str:
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
-        if isinstance(array, np.memmap) and array.filename and array.flags.c_contiguous:
+        # a whole read-only map as np.load(mmap_mode="r") opens it: its own bytes are the file's (a slice or view
+        # of one keeps the parent's filename and offset, and a copy-on-write map may differ from its file)
+        if (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.mode == "r"
+                and array.filename and array.flags.c_contiguous):  # fmt: skip
             _update_from_file(digest, array.filename, array.offset, array.nbytes)
             continue
         for start in range(0, max(array.shape[0], 1), chunk_rows):

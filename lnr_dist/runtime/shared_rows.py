@@ -39,14 +39,17 @@ def write_shared_rows(
     if ctx.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)
-    barrier()
     rows = np.ascontiguousarray(rows, dtype=dtype)
+    fits = rows.shape[1:] == tuple(shape[1:]) and start >= 0 and start + len(rows) <= shape[0]
+    barrier()
+    if not fits:  # a plain write would run into other ranks' rows or past the array's end
+        raise ValueError(f"rows of shape {rows.shape} at {start} do not fit the array's {tuple(shape)}")
     row_bytes = rows.itemsize * int(np.prod(shape[1:], dtype=np.int64))
     # plain writes, not a memory map: pages written through a map count in this worker's RSS until it is unmapped
     # (R x C x itemsize more at the job's peak), while written file pages stay in the page cache, nobody's RSS
     with open(temp, "r+b") as handle:
         handle.seek(_data_offset(handle) + start * row_bytes)
-        flat = rows.reshape(len(rows), -1)
+        flat = rows.reshape(len(rows), row_bytes // rows.itemsize)  # an empty shard too
         for first in range(0, len(rows), WRITE_ROWS):
             handle.write(memoryview(flat[first : first + WRITE_ROWS]).cast("B"))
     barrier()

@@ -7,7 +7,8 @@ workers return (runtime/raycluster.run_workers). Read by benchmarks/bench_scale.
                   "rss_entry_mib": 610.0, "rss_first_batch_mib": 820.0, "peak_rss_mib": 1050.0, "images": 57923},
                  ...]}
 
-`entry_s` and `first_batch_s` are seconds from the driver's start of the job (before Ray places the workers) to
+`entry_s` and `first_batch_s` are seconds from the driver's start of the attempt that succeeded (before Ray places
+the workers; run_workers restarts a failed group, and each attempt starts the clock again) to
 the worker function's entry and to its first batch: the job's Ray start-up is the largest `first_batch_s`.
 Memory in MiB (core/meter.py): the growth a job's own arrays cause is `peak_rss_mib - rss_first_batch_mib`.
 Clocks: the driver's and the worker's `time.time()`; across nodes the figures are as good as their clock sync.
@@ -16,6 +17,7 @@ Clocks: the driver's and the worker's `time.time()`; across nodes the figures ar
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -24,6 +26,8 @@ from typing import Any
 from ..core import storage
 from ..core.dist import all_gather_objects
 from ..core.meter import METER, peak_rss_mib
+
+log = logging.getLogger(__name__)
 
 WORKERS_FILE = "workers.json"
 # glibc mallopt parameters (malloc.h)
@@ -85,8 +89,11 @@ def write_workers(out: Path, job: str, started_unix: float, rank: int) -> None:
     writes <out>/workers.json atomically."""
     records = all_gather_objects(this_worker(rank, started_unix))
     if rank == 0:
-        storage.write_json(Path(out) / WORKERS_FILE, {"job": job, "started_unix": started_unix,
-                                                       "workers": records})  # fmt: skip
+        try:
+            storage.write_json(Path(out) / WORKERS_FILE, {"job": job, "started_unix": started_unix,
+                                                           "workers": records})  # fmt: skip
+        except OSError as exc:  # a measurement: the job it describes has succeeded, and must not run again
+            log.warning("%s: could not write %s: %s", job, Path(out) / WORKERS_FILE, exc)
 
 
 def read_workers(path: Path) -> dict[str, Any]:

@@ -49,3 +49,18 @@ def test_json_is_standard_missing_numbers_are_null_and_csv_cells_empty(tmp_path)
     assert json.loads(text, parse_constant=reject) == {"many": None, "x": 1.5, "inf": [None, 2]}
     storage.write_csv(tmp_path / "r.csv", [{"a": float("nan"), "b": None, "c": 2.5}], ["a", "b", "c"])
     assert (tmp_path / "r.csv").read_text().splitlines() == ["a,b,c", ",,2.5"]
+
+
+def test_sha256_of_a_memory_map_equals_the_arrays_and_a_slice_is_its_own(tmp_path):
+    from lnr_dist.core.storage import sha256_arrays
+
+    array = np.arange(60, dtype=np.float32).reshape(20, 3)
+    np.save(tmp_path / "a.npy", array)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert sha256_arrays(mapped) == sha256_arrays(array)  # the whole map: read from its file
+    assert sha256_arrays(mapped[5:7]) == sha256_arrays(
+        array[5:7]
+    )  # a slice keeps its parent's file and offset
+    copied = np.load(tmp_path / "a.npy", mmap_mode="c")
+    copied[0, 0] = -1.0  # copy-on-write: differs from its file
+    assert sha256_arrays(copied) == sha256_arrays(np.array(copied)) != sha256_arrays(array)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,9 +181,13 @@ def test_preempted_and_requeued_training_resumes_from_its_checkpoints(slurm_clus
 def _slurm_log_lines(state: Path, job_id: str, last: int = 40) -> str:
     """The daemons' log lines on one job, and its attempts in the accounting (sacct --duplicates)."""
     lines = []
+    about = re.compile(rf"(JobId=|job ){job_id}\b", re.IGNORECASE)
     for log in sorted((state / "log").glob("slurm*.log")):
-        lines += [f"{log.name}: {line}" for line in log.read_text(errors="replace").splitlines()
-                  if f"JobId={job_id} " in line or f"job {job_id}" in line.lower() or f"JobId={job_id}" in line]  # fmt: skip
+        lines += [
+            f"{log.name}: {line}"
+            for line in log.read_text(errors="replace").splitlines()
+            if about.search(line)
+        ]
     attempts = subprocess.run(["sacct", "-D", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Start,End,Reason"],
                               capture_output=True, text=True).stdout  # fmt: skip
     return "\n".join(lines[-last:]) + f"\n--- sacct -D ---\n{attempts}"

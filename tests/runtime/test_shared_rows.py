@@ -32,3 +32,13 @@ def test_writing_rows_does_not_raise_the_writers_peak_memory(tmp_path):
     before = rss_mib()
     write_shared_rows(tmp_path / "p.npy", rows.shape, rows.dtype, 0, rows, RankContext())
     assert peak_rss_mib() - before < 16  # through a memory map, its 64 MiB of written pages were resident
+
+
+def test_an_empty_shard_writes_nothing_and_rows_that_do_not_fit_are_refused(tmp_path):
+    path = tmp_path / "p.npy"
+    write_shared_rows(path, (0, 4), np.dtype(np.float32), 0, np.zeros((0, 4), np.float32), RankContext())
+    assert np.load(path).shape == (0, 4)  # more ranks than samples: a rank's shard is empty
+    with pytest.raises(ValueError, match="do not fit"):
+        write_shared_rows(path, (3, 4), np.dtype(np.float32), 2, np.zeros((2, 4), np.float32), RankContext())
+    with pytest.raises(ValueError, match="do not fit"):
+        write_shared_rows(path, (3, 4), np.dtype(np.float32), 0, np.zeros((3, 5), np.float32), RankContext())
