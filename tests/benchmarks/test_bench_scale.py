@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,8 @@ def test_reduced_real_run_prints_every_step_and_the_last_line(tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", str(tmp_path / "ray")),
+        # a short folder of its own: Ray's socket paths under pytest's tmp_path exceed AF_UNIX's 107 bytes
+        "RAY_TMPDIR": os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-", dir="/tmp"),
     }
     command = [
         sys.executable, str(SCRIPT), "--classes", "10", "--train", "400", "--val-per-class", "2",
