@@ -160,18 +160,6 @@ def predict_shard(
     return sums, forwards, pass_seconds
 
 
-def cast_rows(array: np.ndarray, dtype: np.dtype, block_rows: int = 4096) -> np.ndarray:
-    """`array` (R, C) as `dtype`, the same values as array.astype(dtype). Narrowing float32 -> float16 goes block
-    by block into a (R, C) float16 array while the float32 one is still held (1.5 x the float32 bytes at the peak,
-    the float32 array is the caller's to drop); the same dtype is returned as is."""
-    if array.dtype == dtype:
-        return array
-    out = np.empty(array.shape, dtype=dtype)
-    for start in range(0, array.shape[0], block_rows):
-        out[start : start + block_rows] = array[start : start + block_rows]
-    return out
-
-
 def global_moments(predictions: np.ndarray, labels: np.ndarray, chunk_rows: int, where: str) -> ClassMoments:
     """The flip rule's moments from this worker's (R, C) predictions and (R,) labels and every other worker's,
     through ONE all-reduce of the exact statistics (a no-op outside torch.distributed).
@@ -227,7 +215,8 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     on_batch.close()
     predict_seconds = time.perf_counter() - began
     # Flips are computed from exactly what save_predictions stores, so stored predictions reproduce them.
-    predictions = cast_rows(mean_probs, np.dtype(icfg.predictions_dtype))
+    predictions = mean_probs.astype(icfg.predictions_dtype, copy=False)
+    # narrowed to float16, the float32 array goes now (astype writes straight into its output: no third copy)
     del mean_probs
     labels, indices = all_labels[start:stop], np.arange(start, stop, dtype=np.int64)
     chunk_rows = default_chunk_rows(num_classes)
