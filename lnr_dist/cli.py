@@ -603,9 +603,8 @@ def _stop_ray_behind_the_screen() -> None:
     try:
         if ray.is_initialized():
             ray.shutdown()
-    except (
-        Exception
-    ) as exc:  # the command's outcome is already decided; a failing shutdown must not change it
+    # the command's outcome is already decided; a failing shutdown must not change it
+    except Exception as exc:
         logging.getLogger(__name__).debug("ray.shutdown at exit: %s", exc)
 
 
