@@ -162,3 +162,18 @@ print(sorted(name for name in sys.modules if name.split(".")[0] == "submitit"))
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_ray_train_workers_modules_leave_plotting_and_torchvision_out():
+    """Every Ray Train worker imports its function's module before its first batch (the step's start-up, issue 18):
+    matplotlib (0.3 s) is imported where rank 0 draws, torchvision (2 s: torch._dynamo) where a ResNet is built."""
+    script = """
+import sys
+import lnr_dist.features.cache, lnr_dist.infer.inference, lnr_dist.train.trainer
+print(sorted({name.split(".")[0] for name in sys.modules} & {"matplotlib", "torchvision"}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from ..core import config as config_lib
 from ..core import storage
 from ..core.dist import all_gather_arrays, all_reduce_sum, barrier
 from ..core.errors import UserError
+from ..core.meter import peak_rss_mib
 from ..core.progress import progress
 from ..data.loader import LoaderSpec, build_loader
 from ..data.manifest import GROUPS, Manifest
@@ -234,7 +234,7 @@ def infer_worker(loop_config: dict[str, Any]) -> None:
     totals = all_reduce_sum(np.array([forwards, predict_seconds, 0.0]))
     pass_times = all_gather_arrays(np.array(pass_seconds))
     worker_nodes = all_gather_arrays(np.array([ray.get_runtime_context().get_node_id()]))
-    peak_mb = all_gather_arrays(np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]))
+    peak_mb = all_gather_arrays(np.array([peak_rss_mib()]))  # MiB, as workers.json's peak_rss_mib
 
     if icfg.save_predictions:
         shape = (num_samples, num_classes)

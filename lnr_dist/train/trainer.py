@@ -30,9 +30,8 @@ import torch
 
 from ..core import config as config_lib
 from ..core import storage
-from ..core.dist import RankContext, all_gather_arrays, barrier
+from ..core.dist import RankContext, barrier, gather_arrays
 from ..core.errors import UserError
-from ..core.plots import training_curves
 from ..core.progress import Throttle, progress
 from ..data.loader import LoaderSpec, build_loader
 from ..data.manifest import Manifest
@@ -330,6 +329,9 @@ def _train(loop_config: dict[str, Any], closing: ExitStack) -> None:
                 save_checkpoint(checkpoints / "best.pt", state, keep_previous=True)
             rows.append(row)
             storage.write_csv(out / "metrics.csv", rows, CSV_FIELDS)
+            # matplotlib (0.3 s) only here, on rank 0: imported at the top it sat in every worker's start-up
+            from ..core.plots import training_curves
+
             training_curves(rows, out / "training_curves.png", f"{stage} ({cfg.run_dir})")
             scalars.write(epoch, row)
         level = logging.INFO if summaries.due(force=epoch + 1 == train_cfg.epochs) else logging.DEBUG
@@ -364,9 +366,7 @@ def _train(loop_config: dict[str, Any], closing: ExitStack) -> None:
         )
         test = metrics_at(test_logits, test_labels, manifest)
         test_calibrated = metrics_at(test_logits, test_labels, manifest, temperature)
-        gathered = [
-            all_gather_arrays(a.numpy().reshape(-1)) for a in (test_logits, test_labels, test_indices)
-        ]
+        gathered = [gather_arrays(a.numpy().reshape(-1)) for a in (test_logits, test_labels, test_indices)]
         if ctx.is_main:
             write_test_logits(out, *(np.concatenate(parts) for parts in gathered), temperature)
     if ctx.is_main:

@@ -117,6 +117,8 @@ def test_workers_json_gives_growth_ratio_and_startup(tmp_path):
     assert ratio == pytest.approx(2.0) and extra == pytest.approx(2 * 501 * 50 * 4 / 2**20, abs=0.01)
     # the step began 1 s before run_workers; the last worker's first batch came 3 s after it
     assert bench.ray_startup_s(doc, step_start_unix=99.0) == pytest.approx(4.0)
+    # 1 s in the driver, 1.2 s to the last entry, the rest after it
+    assert bench.startup_parts(doc, 99.0) == pytest.approx({"driver": 1.0, "ray_train": 1.2, "ours": 1.8})
 
     workers[1]["first_batch_s"] = workers[1]["rss_first_batch_mib"] = None  # a worker that saw no batch
     _workers_json(tmp_path / "infer", 100.0, workers)
@@ -126,7 +128,7 @@ def test_workers_json_gives_growth_ratio_and_startup(tmp_path):
     workers[0]["first_batch_s"] = workers[0]["rss_first_batch_mib"] = None
     _workers_json(tmp_path / "infer", 100.0, workers)
     doc = read_workers(tmp_path / "infer" / "workers.json")
-    assert bench.ray_startup_s(doc, 99.0) is None
+    assert bench.ray_startup_s(doc, 99.0) is None and bench.startup_parts(doc, 99.0) is None
     assert math.isnan(bench.infer_extra(doc, num_samples, num_classes)[1])
 
 
@@ -176,6 +178,8 @@ def test_step_rows_join_step_records_calls_and_workers(tmp_path):
     assert rows[0]["ray_startup_s"] is None and rows[5]["job"] is None
     table = bench.format_table(rows)
     assert "method-smote" in table and "101/101" in table
+    # no entry_s in these records: the total stands, its parts are not given
+    assert infer["startup_parts"] is None
 
 
 @pytest.mark.ray
@@ -207,6 +211,9 @@ def test_reduced_real_run_prints_every_step_and_the_last_line(tmp_path):
         assert any(line.split()[:1] == [row["step"]] for line in lines)
     for name in ("stage1", "infer"):  # Ray Train jobs: every number is there
         assert steps[name]["images_per_s"] > 0 and steps[name]["ray_startup_s"] > 0
+        parts = steps[name]["startup_parts"]
+        assert parts["ray_train"] > 0 and parts["ours"] > 0
+        assert sum(parts.values()) == pytest.approx(steps[name]["ray_startup_s"])
         assert len(steps[name]["workers"]) == 2
         assert all(w["peak_rss_mib"] > 0 and w["growth_mib"] is not None for w in steps[name]["workers"])
     extra, ratio = (float(v) for v in LAST_LINE.match(lines[-1]).groups()[1:])
