@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -59,34 +60,41 @@ _TRAILER = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 _TAIL_BYTES = 64  # a complete JPEG may carry a few padding bytes after its end marker
 
 
-def _look(path: Path) -> tuple[str | None, str | None]:
-    """(the format the first bytes announce, or None; what looks wrong in the first and last bytes, or None)."""
+def _look(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(the format the first bytes announce, or None; what looks wrong in the first and last bytes, or None).
+
+    Plain descriptors and pread: the DALI loader's precheck runs this on every file of a split (58,000 per worker
+    at ImageNet-LT's shape), where a file object and a Path cost 2-3x the reads themselves (measured: 23-50 us
+    per file against 8-10)."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as file:
-            head = file.read(12)
-            file.seek(max(size - _TAIL_BYTES, 0))
-            tail = file.read()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            head = os.pread(fd, 12, 0)
+            tail = os.pread(fd, _TAIL_BYTES, max(size - _TAIL_BYTES, 0))
+        finally:
+            os.close(fd)
     except OSError as exc:
-        return None, f"cannot read {path}: {exc}"
+        return None, f"cannot read {os.fspath(path)}: {exc}"
+    name = os.path.basename(path)
     if size == 0:
-        return None, f"empty file {path.name}"
-    kind = next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
+        return None, f"empty file {name}"
+    kind = next((fmt for fmt, magic in _MAGIC.items() if head.startswith(magic)), None)
     if kind is None:
-        return None, f"{path.name} does not start like a JPEG, PNG, BMP, TIFF, PNM, WebP or JPEG 2000 image"
+        return None, f"{name} does not start like a JPEG, PNG, BMP, TIFF, PNM, WebP or JPEG 2000 image"
     if kind in _TRAILER and _TRAILER[kind] not in tail:
-        return kind, f"{path.name} is a truncated {kind} (no end marker)"
+        return kind, f"{name} is a truncated {kind} (no end marker)"
     return kind, None
 
 
-def structure_problem(path: Path) -> str | None:
+def structure_problem(path: str | os.PathLike) -> str | None:
     """A cheap look (first and last bytes, no decoding) for the usual damage: an empty or truncated file, or
     one that is no image. None when it looks whole; may flag a valid file with unusual padding, so callers
     confirm with `decode_problem`."""
     return _look(path)[1]
 
 
-def image_problem(path: Path, decode: bool = False) -> str | None:
+def image_problem(path: str | os.PathLike, decode: bool = False) -> str | None:
     """What would stop a loader on this image, or make the two loaders see different pictures; None if nothing.
 
     With `decode` every image is decoded; without, only those whose first and last bytes look wrong
@@ -94,12 +102,12 @@ def image_problem(path: Path, decode: bool = False) -> str | None:
     """
     kind, look = _look(path)
     if look is not None or decode:
-        reason = decode_problem(path)
+        reason = decode_problem(Path(path))
         if reason is not None:
             return reason
     elif kind not in ("TIFF", "TIFF (big-endian)"):
         return None
-    return disagreement_problem(path)
+    return disagreement_problem(Path(path))
 
 
 def check_data(cfg: DataConfig, decode: bool = False, progress: bool = False) -> list[SplitProblem]:

@@ -184,7 +184,7 @@ class DaliLoader(BatchLoader):
             return
         bad = []
         for i in mine:
-            if (reason := image_problem(Path(self.split.full_path(i)))) is not None:
+            if (reason := image_problem(os.path.join(root, paths[i]))) is not None:
                 bad.append((i, reason))
         if bad:
             listed = "\n".join(f"{self.split.where(i)}: {why} ({self.split.full_path(i)})" for i, why in bad)
