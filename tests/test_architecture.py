@@ -166,7 +166,8 @@ print(sorted(name for name in sys.modules if name.split(".")[0] == "submitit"))
 
 def test_the_ray_train_workers_modules_leave_plotting_and_torchvision_out():
     """Every Ray Train worker imports its function's module before its first batch (the step's start-up, issue 18):
-    matplotlib (0.3 s) is imported where rank 0 draws, torchvision (2 s: torch._dynamo) where a ResNet is built."""
+    matplotlib (0.3 s) is imported where rank 0 draws, torchvision (2 s: torch._dynamo) where a ResNet is built
+    or the PyTorch loader's transforms are (DALI's jobs, as bench_scale's, need neither)."""
     script = """
 import sys
 import lnr_dist.features.cache, lnr_dist.infer.inference, lnr_dist.train.trainer

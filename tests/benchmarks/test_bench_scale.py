@@ -124,6 +124,8 @@ def test_workers_json_gives_growth_ratio_and_startup(tmp_path):
     _workers_json(tmp_path / "infer", 100.0, workers)
     doc = read_workers(tmp_path / "infer" / "workers.json")
     assert bench.ray_startup_s(doc, 99.0) == pytest.approx(3.5)
+    # its later entry is not the batch's: the parts are rank 0's
+    assert bench.startup_parts(doc, 99.0) == pytest.approx({"driver": 1.0, "ray_train": 1.0, "ours": 1.5})
     assert bench.infer_extra(doc, num_samples, num_classes)[1] == pytest.approx(1.0)
     workers[0]["first_batch_s"] = workers[0]["rss_first_batch_mib"] = None
     _workers_json(tmp_path / "infer", 100.0, workers)
@@ -157,7 +159,7 @@ def test_step_rows_join_step_records_calls_and_workers(tmp_path):
     ]
     worker = {"rank": 0, "first_batch_s": 1.0, "rss_first_batch_mib": 100.0, "peak_rss_mib": 101.0,
               "images": 800}  # fmt: skip
-    _workers_json(cfg.layout.infer, 31.0, [worker, {**worker, "rank": 1}])
+    _workers_json(cfg.layout.infer, 31.0, [{**worker, "entry_s": 0.5}, {**worker, "rank": 1, "entry_s": 0.25}])
     # the sweep extracted the features (a Ray Train job in features/); the features step then found them cached
     _workers_json(cfg.layout.features, 40.0, [worker, {**worker, "rank": 1}])
     rows = bench.step_rows(cfg, calls, num_samples=400, num_classes=10)
@@ -178,8 +180,11 @@ def test_step_rows_join_step_records_calls_and_workers(tmp_path):
     assert rows[0]["ray_startup_s"] is None and rows[5]["job"] is None
     table = bench.format_table(rows)
     assert "method-smote" in table and "101/101" in table
-    # no entry_s in these records: the total stands, its parts are not given
-    assert infer["startup_parts"] is None
+    # no entry_s in the sweep's record: its total stands, its parts are not given
+    assert rows[2]["startup_parts"] is None
+    # inference's workers entered at 0.5 s and 0.25 s: 1 s in the driver + 0.5 s to the last entry + 0.5 s ours
+    assert infer["startup_parts"] == pytest.approx({"driver": 1.0, "ray_train": 0.5, "ours": 0.5})
+    assert " 2.0 1.0+0.5+0.5 " in table
 
 
 @pytest.mark.ray
@@ -212,8 +217,8 @@ def test_reduced_real_run_prints_every_step_and_the_last_line(tmp_path):
     for name in ("stage1", "infer"):  # Ray Train jobs: every number is there
         assert steps[name]["images_per_s"] > 0 and steps[name]["ray_startup_s"] > 0
         parts = steps[name]["startup_parts"]
-        assert parts["ray_train"] > 0 and parts["ours"] > 0
-        assert sum(parts.values()) == pytest.approx(steps[name]["ray_startup_s"])
+        assert parts["driver"] >= 0 and parts["ray_train"] > 0 and parts["ours"] > 0
+        assert parts["driver"] + parts["ray_train"] < steps[name]["ray_startup_s"]
         assert len(steps[name]["workers"]) == 2
         assert all(w["peak_rss_mib"] > 0 and w["growth_mib"] is not None for w in steps[name]["workers"])
     extra, ratio = (float(v) for v in LAST_LINE.match(lines[-1]).groups()[1:])

@@ -220,6 +220,13 @@ def test_structure_check_spots_truncated_empty_and_foreign_files(tmp_path):
     assert "truncated JPEG" in found["cut.jpg"] and "truncated PNG" in found["cut.png"]
     assert "empty file" in found["empty.jpg"] and "does not start like" in found["text.jpg"]
     assert "cannot read" in structure_problem(tmp_path / "missing.jpg")
+    (tmp_path / "folder.jpg").mkdir()  # opens on Linux; reading it fails
+    assert "cannot read" in structure_problem(str(tmp_path / "folder.jpg"))
+    tiny = b"\xff\xd8\xff" + b"\x00" * 5 + b"\xff\xd9"  # shorter than the tail looked at: read whole
+    (tmp_path / "tiny.jpg").write_bytes(tiny)
+    assert structure_problem(str(tmp_path / "tiny.jpg")) is None
+    (tmp_path / "tiny_cut.jpg").write_bytes(tiny[:-1])
+    assert "truncated JPEG" in structure_problem(tmp_path / "tiny_cut.jpg")
 
 
 def test_skip_corrupt_skips_counts_and_lists(corrupt_root):
