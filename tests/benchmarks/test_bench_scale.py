@@ -159,7 +159,9 @@ def test_step_rows_join_step_records_calls_and_workers(tmp_path):
     ]
     worker = {"rank": 0, "first_batch_s": 1.0, "rss_first_batch_mib": 100.0, "peak_rss_mib": 101.0,
               "images": 800}  # fmt: skip
-    _workers_json(cfg.layout.infer, 31.0, [{**worker, "entry_s": 0.5}, {**worker, "rank": 1, "entry_s": 0.25}])
+    _workers_json(
+        cfg.layout.infer, 31.0, [{**worker, "entry_s": 0.5}, {**worker, "rank": 1, "entry_s": 0.25}]
+    )
     # the sweep extracted the features (a Ray Train job in features/); the features step then found them cached
     _workers_json(cfg.layout.features, 40.0, [worker, {**worker, "rank": 1}])
     rows = bench.step_rows(cfg, calls, num_samples=400, num_classes=10)
