@@ -31,8 +31,8 @@ it): 6.6 GiB per worker at 2 workers, 13.3 GiB in all, which fits a 24 GiB machi
 
 Per step: wall seconds (<run>/seed<k>/steps/<step>.json), images/s (the images the step's Ray Train workers
 processed over the step's seconds), Ray start-up (step start to the LAST worker's first batch: the job runs at
-full width only then; split into driver + Ray Train + ours, see startup_parts), peak RSS per worker and its growth over the worker's start-up RSS (RSS at its first
-batch). The workers' figures are the workers.json every Ray Train job writes (lnr_dist/runtime/usage.py), read
+full width only then; split into driver + Ray Train + ours, see startup_parts), peak RSS per worker and its
+growth over the worker's start-up RSS (RSS at its first batch). The workers' figures are the workers.json every Ray Train job writes (lnr_dist/runtime/usage.py), read
 with its read_workers and joined to the step during which the job began (the sweep extracts the features the
 features step then finds cached). Inference's extra memory per worker is that growth; r divides it by the
 worker's dense shard matrix (shard rows x C x 4 bytes, rows from shard_bounds). Targets (the issue's): r <= 1.5,

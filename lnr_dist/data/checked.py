@@ -2,10 +2,11 @@
 files skips reading them.
 
 The precheck (`check.image_problem` on the first and last bytes of every file, the DALI loader's
-`_check_files`) costs about 0.8 s per 58,000 files (13-14 us each on a 2-core machine), in every loader of every job: ImageNet-LT's stage 1 alone builds
-three loaders per worker. A record is one empty file named by a stamp (`files_stamp`: the rules' and the
-decoders' versions, the host, and each file's path, size, inode, modification and change times), written after a check found nothing; a file that changed, moved, was
-copied or added changes the stamp, and the files are read again. Stat-ing the files is what remains (~0.1 s per
+`_check_files`) costs about 0.8 s per 58,000 files (13-14 us each on a 2-core machine), in every loader of every
+job: ImageNet-LT's stage 1 alone builds three loaders per worker. A record is one empty file named by a stamp
+(`files_stamp`: the rules' and the decoders' versions, the host, and each file's path, size, inode, modification
+and change times), written after a check found nothing; a file that changed, moved, was copied or added changes
+the stamp, and the files are read again. Stat-ing the files is what remains (~0.1 s per
 58,000 files). Records live under ~/.cache/lnr-dist/checked_images, one stamp per host.
 """
 

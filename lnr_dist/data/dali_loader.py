@@ -176,16 +176,13 @@ class DaliLoader(BatchLoader):
         images DALI refuses or reads as another picture than the PyTorch loader (`check.image_problem`)."""
         mine = range(self.ctx.rank, len(self.split), self.ctx.world_size)
         root, paths = str(self.split.root), self.split.paths
-        stamp = files_stamp(
-            os.path.join(root, paths[i]) for i in mine
-        )  # strings: Path objects cost more here
+        files = [os.path.join(root, paths[i]) for i in mine]  # strings: Path objects cost more here
+        stamp = files_stamp(files)
         if checked_before(stamp):  # the same files, unchanged, passed before (data/checked.py)
             self._checked = True
             return
-        bad = []
-        for i in mine:
-            if (reason := image_problem(os.path.join(root, paths[i]))) is not None:
-                bad.append((i, reason))
+        found = ((i, image_problem(file)) for i, file in zip(mine, files, strict=True))
+        bad = [(i, reason) for i, reason in found if reason is not None]
         if bad:
             listed = "\n".join(f"{self.split.where(i)}: {why} ({self.split.full_path(i)})" for i, why in bad)
             raise UserError(
